@@ -22,6 +22,7 @@ from pydantic import (
 
 from configs.analyze import AnalyzeConfig, PredictConfig
 from configs.base import CodecConfig, Strict, resolve_path
+from configs.probe import ProbeConfig
 from configs.train import TrainConfig
 from storage.errors import InputError
 from storage.location import check_prefix, redact
@@ -134,6 +135,7 @@ class PipelineConfig(Strict):
     train: TrainConfig = TrainConfig()
     predict: PredictConfig = PredictConfig()
     analyze: AnalyzeConfig = AnalyzeConfig()
+    probe: ProbeConfig = ProbeConfig()
 
     @field_validator("name")
     @classmethod

@@ -24,6 +24,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("flows.train", "train the annotator-style models on an ingested dataset"),
     "predict": ("flows.predict", "write every annotator's predictions to a prediction store"),
     "analyze": ("flows.analyze", "group annotators by style: distances, trees, projections"),
+    "probe": ("flows.probe", "how much behaviour and annotator identity encoders hold: SimCLR pretraining, "
+                             "linear probes and mutual-information bounds against raw, random and supervised"),
     "serve": ("flows.serve", "serve the pipeline on a cron schedule and reprocess each new batch in a watched "
                              "folder (needs a Prefect server: PREFECT_API_URL)"),
     "runs": ("flows.runs", "list recent pipeline runs from MLflow, or --diff two of them"),

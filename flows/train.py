@@ -3,28 +3,51 @@
 from __future__ import annotations
 
 import argparse
+import json
+import logging
 from pathlib import Path
 from typing import Any
 
 from prefect import flow
 
-from configs.schema import load_config
+from configs.schema import PipelineConfig, load_config
+from storage.dataset_store import DatasetStore, dataset_uri
 from storage.tracking.train import record_train
-from tasks.model import set_model_run_id
-from tasks.train import train_task
+from tasks.model import SPEC, set_model_run_id
+from tasks.train import MAIN, SUMMARY, run_folder, train_key, train_task
+
+log = logging.getLogger(__name__)
 
 
 @flow(name="train", validate_parameters=False)
 def train_flow(config_path: str, root: str) -> dict[str, Any]:
     """Train the config's annotator model and baselines on its ingested store; record the run."""
-    config = load_config(config_path)
-    summary = train_task(config, Path(root))
-    run_id = record_train(Path(root), config.model_dump(mode="json"), summary, Path(config_path))
+    return train_and_record(load_config(config_path), Path(root), Path(config_path))
+
+
+def train_and_record(config: PipelineConfig, root: Path, config_path: Path | None) -> dict[str, Any]:
+    """The train task, then its MLflow run; the run id goes into the model's spec."""
+    summary = train_task(config, root)
+    run_id = record_train(root, config.model_dump(mode="json"), summary, config_path)
     summary["mlflow_run_id"] = run_id
     if summary["model_dir"]:
         summary["model_run_id"] = run_id
         set_model_run_id(Path(summary["model_dir"]), run_id)
     return summary
+
+
+def trained_model(config: PipelineConfig, root: Path, config_path: Path | None) -> dict[str, Any]:
+    """The model this config trains on the store's latest version: the recorded one when it
+    exists (same dataset version and train settings), else trained and recorded now."""
+    store = DatasetStore.open(dataset_uri(root, config.name, config.store.uri_prefix))
+    folder = run_folder(root, config.name, train_key(store.version, config.train))
+    if (folder / SUMMARY).is_file() and (folder / MAIN / SPEC).is_file():
+        spec = json.loads((folder / MAIN / SPEC).read_text())
+        if spec.get("model_run_id"):
+            log.info("using the trained model in %s (MLflow run %s)", folder, spec["model_run_id"])
+            summary = json.loads((folder / SUMMARY).read_text())
+            return {**summary, "model_run_id": spec["model_run_id"], "mlflow_run_id": spec["model_run_id"]}
+    return train_and_record(config, root, config_path)
 
 
 def cli_run(args: argparse.Namespace) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""Figures of an analysis (Matplotlib on the Agg backend; every function returns a Figure).
+"""Figures of an analysis and of a representation probe (Matplotlib on the Agg backend; every
+function returns a Figure).
 
 Sizes and font sizes follow the number of annotators, so that 50 names stay readable.
 """
@@ -157,6 +158,71 @@ def rsm_figure(matrix: np.ndarray, labels: np.ndarray, class_names: Sequence[str
     ax.set_yticks(mids, names)
     ax.set_xlabel("frame (sorted by label)")
     ax.set_ylabel("frame (sorted by label)")
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def probe_bars(summary: Mapping) -> Figure:
+    """Probe accuracy (chance dashed) and MI lower bound (H(Y) dashed), encoders x targets, with
+    the bootstrap intervals."""
+    encoders, targets, results = summary["encoders"], summary["targets"], summary["results"]
+    fig, axes = plt.subplots(1, 2, figsize=(max(8.0, 2.2 * len(targets) + 4), 4.2))
+    width = 0.8 / len(encoders)
+    x = np.arange(len(targets))
+    colours = sns.color_palette("colorblind", len(encoders))
+    for ax, key, limit, label in ((axes[0], "accuracy", "chance", "probe accuracy (held-out)"),
+                                  (axes[1], "mutual_information", "entropy", "I(Z;Y) lower bound, nats")):
+        for i, enc in enumerate(encoders):
+            vals = [results[enc][t][key] for t in targets]
+            spans = [results[enc][t]["interval"][key] for t in targets]
+            err = None
+            if all(s is not None for s in spans):
+                err = np.array([[v - s[0] for v, s in zip(vals, spans, strict=True)], [s[1] - v for v, s in zip(vals, spans, strict=True)]])
+                err = np.maximum(err, 0)
+            ax.bar(x + (i - (len(encoders) - 1) / 2) * width, vals, width, yerr=err, capsize=2, label=enc,
+                   color=colours[i])
+        for j, t in enumerate(targets):
+            ax.hlines(summary[limit][t], j - 0.45, j + 0.45, colors="k", linestyles="--", linewidth=1)
+        ax.set_xticks(x, targets)
+        ax.set_ylabel(label)
+        ax.axhline(0, color="grey", linewidth=0.5)
+    axes[0].set_title("dashed: chance (most frequent class)")
+    axes[1].set_title("dashed: H(Y) of the held-out labels")
+    axes[1].legend(fontsize=8, loc="upper right")
+    fig.suptitle(f"{summary['dataset']}: linear probes on frozen embeddings")
+    fig.tight_layout()
+    return fig
+
+
+def few_shot_curves(summary: Mapping) -> Figure:
+    """Probe accuracy against the share of training labels, one line per encoder, per target."""
+    targets = [t for t in summary["targets"] if t != "shuffled"] or summary["targets"]
+    fig, axes = plt.subplots(1, len(targets), figsize=(4.2 * len(targets), 3.8), squeeze=False)
+    for ax, t in zip(axes[0], targets, strict=True):
+        for enc in summary["encoders"]:
+            curve = summary["results"][enc][t]["few_shot"]
+            pts = sorted((float(f), v) for f, v in curve.items() if v is not None)
+            ax.plot([100 * p[0] for p in pts], [p[1] for p in pts], marker="o", label=enc)
+        ax.axhline(summary["chance"][t], color="k", linestyle="--", linewidth=1)
+        ax.set_xscale("log")
+        ax.set_xlabel("% of training labels")
+        ax.set_ylabel("probe accuracy")
+        ax.set_title(t)
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle(f"{summary['dataset']}: few-shot linear probes (dashed: chance)")
+    fig.tight_layout()
+    return fig
+
+
+def loss_curve(history: Sequence[Mapping], chance: float | None, title: str) -> Figure:
+    """A training loss per epoch, with the loss of a model that knows nothing (dashed)."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.5))
+    ax.plot([h["epoch"] + 1 for h in history], [h["loss"] for h in history], marker="o")
+    if chance is not None:
+        ax.axhline(chance, color="k", linestyle="--", linewidth=1)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss")
     ax.set_title(title)
     fig.tight_layout()
     return fig

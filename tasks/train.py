@@ -40,11 +40,11 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from configs.schema import PipelineConfig
-from configs.train import TrainConfig
+from configs.train import EncoderConfig, TrainConfig
 from storage.dataset_store import DatasetStore, dataset_uri
 from storage.errors import InputError, retry_unless_bad_input
 from tasks.aggregate import CrowdAggregate, accuracy, aggregator_report
-from tasks.encoders import build_encoder, resolve_kind
+from tasks.encoders import Encoder, build_encoder, resolve_kind
 from tasks.heads import ClassifierHead, build_head
 from tasks.loader import ChunkReader, FeatureScan, cut_crops, iter_batches, keep_crops_with, scan_features
 from tasks.model import BaselineNet, CrowdNet, save_model
@@ -202,18 +202,21 @@ def lr_at(progress: float, config: TrainConfig) -> float:
     `onecycle`: linear warm-up from lr/25 over the first `warmup` of the run, then a cosine decay
     to lr/1000; `constant`: lr. A pure function of progress, so a resumed run follows the same curve.
 
-    >>> from configs.train import TrainConfig
+    >>> from configs.train import EncoderConfig, TrainConfig
     >>> cfg = TrainConfig()
     >>> [round(lr_at(p, cfg) / cfg.optim.lr, 3) for p in (0.0, cfg.optim.warmup, 1.0)]
     [0.04, 1.0, 0.001]
     """
     opt = config.optim
-    if opt.schedule == "constant":
-        return opt.lr
-    if progress < opt.warmup:
-        return opt.lr * (0.04 + 0.96 * progress / opt.warmup)
-    rest = min(1.0, (progress - opt.warmup) / max(1e-9, 1 - opt.warmup))
-    return float(opt.lr * (0.001 + 0.999 * 0.5 * (1 + np.cos(np.pi * rest))))
+    return opt.lr if opt.schedule == "constant" else one_cycle(progress, opt.lr, opt.warmup)
+
+
+def one_cycle(progress: float, lr: float, warmup: float) -> float:
+    """Linear warm-up from lr/25 over `warmup` of the run, then cosine decay to lr/1000."""
+    if progress < warmup:
+        return lr * (0.04 + 0.96 * progress / warmup)
+    rest = min(1.0, (progress - warmup) / max(1e-9, 1 - warmup))
+    return float(lr * (0.001 + 0.999 * 0.5 * (1 + np.cos(np.pi * rest))))
 
 
 def train_step(trainee: Trainee, x: torch.Tensor, target: torch.Tensor, device: str, config: TrainConfig,
@@ -311,6 +314,17 @@ def evaluate(trainees: list[Trainee], data: Data, reader: ChunkReader, config: T
     return out
 
 
+def initial_encoder(config: EncoderConfig, scan: FeatureScan, kind: str) -> Encoder:
+    """The encoder a config builds, standardised by the scan's statistics unless it loads weights
+    (which hold the statistics they were trained with). Seed torch first for repeatable weights."""
+    encoder = build_encoder(config, scan.n_features, kind=kind)
+    if config.weights is None:
+        encoder.standardize.set_stats(scan.mean, scan.std)
+        if hasattr(encoder, "standardize_diff"):
+            encoder.standardize_diff.set_stats(np.zeros_like(scan.diff_std), scan.diff_std)
+    return encoder
+
+
 def build_trainees(config: TrainConfig, data: Data, kind: str, n_annotators: int, n_classes: int,
                    targets: dict[str, np.ndarray], device: str) -> list[Trainee]:
     """The annotator model and one baseline per aggregated target, each from the same initial encoder."""
@@ -318,11 +332,7 @@ def build_trainees(config: TrainConfig, data: Data, kind: str, n_annotators: int
     enc_cfg = config.encoder
     for name in [MAIN, *targets]:
         torch.manual_seed(config.seed)  # identical initial encoder weights for every trainee
-        encoder = build_encoder(enc_cfg, data.scan.n_features, kind=kind)
-        if enc_cfg.weights is None:
-            encoder.standardize.set_stats(data.scan.mean, data.scan.std)
-            if hasattr(encoder, "standardize_diff"):
-                encoder.standardize_diff.set_stats(np.zeros_like(data.scan.diff_std), data.scan.diff_std)
+        encoder = initial_encoder(enc_cfg, data.scan, kind)
         torch.manual_seed(config.seed + 1)
         if name == MAIN:
             net: torch.nn.Module = CrowdNet(encoder, build_head(config.head, encoder.dim, n_annotators, n_classes))
@@ -335,13 +345,15 @@ def build_trainees(config: TrainConfig, data: Data, kind: str, n_annotators: int
     return trainees
 
 
-def _atomic_save(obj: Any, path: Path) -> None:
+def atomic_save(obj: Any, path: Path) -> None:
+    """torch.save to a temporary file, then rename: a crash leaves the old file or the new one."""
     tmp = path.with_name(f".{path.name}.tmp")
     torch.save(obj, tmp)
     os.replace(tmp, path)
 
 
-def _epoch_seed(*keys: int) -> int:
+def epoch_seed(*keys: int) -> int:
+    """A torch seed from several integers (seed, epoch, step, ...)."""
     return int(np.random.SeedSequence(list(keys)).generate_state(1)[0])
 
 
@@ -385,7 +397,7 @@ def fit(trainees: list[Trainee], data: Data, config: TrainConfig, device: str, f
                 if t.stopped:
                     continue
                 # each trainee's dropout from its own seed: a baseline does not depend on the head
-                torch.manual_seed(_epoch_seed(config.seed, epoch, step, i))
+                torch.manual_seed(epoch_seed(config.seed, epoch, step, i))
                 target = torch.from_numpy(_frame_targets(data, t, frames, data.train_frames)).to(device)
                 if target.dim() == 1:
                     target = target.long()
@@ -420,7 +432,7 @@ def fit(trainees: list[Trainee], data: Data, config: TrainConfig, device: str, f
         history.append(entry)
         (folder / f".{HISTORY}.tmp").write_text(json.dumps(history, default=float))
         os.replace(folder / f".{HISTORY}.tmp", folder / HISTORY)
-        _atomic_save({"epoch": epoch, "trainees": {t.name: t.state() for t in trainees}}, ckpt_path)
+        atomic_save({"epoch": epoch, "trainees": {t.name: t.state() for t in trainees}}, ckpt_path)
         epoch_times.append(time.perf_counter() - t0)
         left = opt.max_epochs - epoch - 1
         parts = " | ".join(

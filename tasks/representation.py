@@ -1,0 +1,324 @@
+"""How good is a representation: every encoder's frozen embeddings probed for every target.
+
+`probe_representations(config, root, ...)` is the pure entry point (no Prefect, no MLflow):
+
+1. the split is training's own (`tasks.train.split_sequences` with the `train:` seed and
+   fraction): probes fit on frames of the training sequences and are scored on the validation
+   sequences plus the sequences holding gold-only test frames, so no sequence is on both sides
+   and the supervised encoder never saw a held-out label;
+2. targets per frame: `gold`, `consensus` (crowd-kit majority vote), `annotator` (who labelled,
+   on frames with exactly one annotator) and `shuffled` (the consensus permuted at random within
+   each side of the split: a control whose information is 0);
+3. up to `max_train_frames` / `max_test_frames` frames are drawn and embedded by every encoder in
+   one pass over the store (contiguous crops with their context, as in prediction);
+4. per encoder and target: `tasks.probe.probe_target` (accuracy, chance, MI bound, bootstrap
+   intervals, few-shot curve).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from configs.schema import PipelineConfig
+from storage.dataset_store import DatasetStore, dataset_uri
+from storage.errors import InputError, retry_unless_bad_input
+from tasks import figures
+from tasks.aggregate import CrowdAggregate
+from tasks.encoders import Encoder, resolve_kind
+from tasks.loader import ChunkCache, read_range, scan_features
+from tasks.model import load_model
+from tasks.probe import probe_target
+from tasks.simclr import load_pretrained, pretrain_simclr, simclr_key
+from tasks.train import initial_encoder, pick_device, run_folder, set_determinism, split_sequences
+
+log = logging.getLogger(__name__)
+
+NEEDS_FEATURES = "probing encoders needs per-frame features and this dataset has labels only"
+
+
+def open_for_probe(config: PipelineConfig, root: Path) -> DatasetStore:
+    """The config's store at its latest version; a clear error when it cannot be probed."""
+    uri = dataset_uri(root, config.name, config.store.uri_prefix)
+    store = DatasetStore.open(uri)
+    if not store.n_frames:
+        raise InputError(uri, None, store.version, "the dataset store is empty (run `annostyle ingest` first)")
+    if not store.has_features:
+        raise InputError(uri, "features", None, NEEDS_FEATURES)
+    return store
+
+
+def held_out_frames(store: DatasetStore, config: PipelineConfig) -> np.ndarray:
+    """Bool per frame: the frame's sequence is held out (training's validation sequences and the
+    sequences with gold-only test frames)."""
+    labels, gold, offsets = store.read_labels(), store.read_gold(), store.offsets
+    labelled = (labels >= 0).any(axis=1)
+    val = split_sequences(offsets, labelled, config.train.split.val_fraction, config.train.seed)
+    test = (gold >= 0) & ~labelled
+    if len(offsets) > 1:
+        val |= np.add.reduceat(test.astype(np.int64), offsets[:-1]) > 0
+        val &= np.diff(offsets) > 0
+    return np.repeat(val, np.diff(offsets))
+
+
+def frame_targets(labels: np.ndarray, gold: np.ndarray, held_out: np.ndarray, n_classes: int,
+                  names: list[str], seed: int) -> dict[str, tuple[np.ndarray, int]]:
+    """Every target per frame (-1 = none) with its number of classes.
+
+    >>> t = frame_targets(np.array([[0, -1], [1, 1], [-1, 1]], np.int16), np.array([0, 1, -1], np.int16),
+    ...                   np.array([False, False, True]), 2, ["gold", "annotator"], 0)
+    >>> t["gold"][0].tolist(), t["annotator"][0].tolist()
+    ([0, 1, -1], [0, -1, 1])
+    """
+    out: dict[str, tuple[np.ndarray, int]] = {}
+    consensus = CrowdAggregate("mv", n_classes).fit(labels).labels_.astype(np.int64) \
+        if {"consensus", "shuffled"} & set(names) else None
+    for name in names:
+        if name == "gold":
+            out[name] = (gold.astype(np.int64), n_classes)
+        elif name == "consensus":
+            out[name] = (consensus, n_classes)
+        elif name == "annotator":
+            single = (labels >= 0).sum(axis=1) == 1
+            out[name] = (np.where(single, (labels >= 0).argmax(axis=1), -1).astype(np.int64), labels.shape[1])
+        elif name == "shuffled":
+            y = consensus.copy()
+            rng = np.random.default_rng([seed, 3])
+            for side in (held_out, ~held_out):
+                rows = np.flatnonzero(side & (y >= 0))
+                y[rows] = y[rng.permutation(rows)]
+            out[name] = (y, n_classes)
+        else:
+            raise ValueError(f"unknown probe target {name!r}")
+    return out
+
+
+def why_not(y: np.ndarray, held_out: np.ndarray) -> str | None:
+    """Why a target cannot be probed (None when it can)."""
+    train, test = y[~held_out & (y >= 0)], y[held_out & (y >= 0)]
+    if len(np.unique(train)) < 2:
+        return f"{len(np.unique(train))} class(es) among {len(train)} labelled training frames"
+    if len(test) == 0:
+        return "no labelled frame in the held-out sequences"
+    return None
+
+
+def draw(pool: np.ndarray, limit: int, rng: np.random.Generator) -> np.ndarray:
+    """At most `limit` of the frames where `pool` is true, sorted."""
+    rows = np.flatnonzero(pool)
+    return np.sort(rng.choice(rows, size=limit, replace=False)) if len(rows) > limit else rows
+
+
+@torch.no_grad()
+def embed_frames(encoders: dict[str, Encoder | None], store: DatasetStore, frames: np.ndarray, crop: int,
+                 device: str, block: int = 16384) -> dict[str, np.ndarray]:
+    """Embeddings of the (sorted) `frames` by every encoder; `None` means the raw features.
+
+    Reads the store once, in blocks of frames holding a wanted frame, with the widest context any
+    encoder needs; each encoder sees the part of the window it was built for.
+    """
+    context = max([e.context for e in encoders.values() if e is not None], default=0)
+    cache = ChunkCache(store.features)
+    out = {name: np.zeros((len(frames), e.dim if e is not None else int(np.prod(store.features.shape[1:]))),
+                          np.float32) for name, e in encoders.items()}
+    t0, done = time.perf_counter(), 0
+    for start in range(0, store.n_frames, block):
+        stop = min(store.n_frames, start + block)
+        lo, hi = np.searchsorted(frames, [start, stop])
+        if lo == hi:
+            continue
+        win = read_range(store, start, stop, context, crop, cache)
+        flat = win.frames.reshape(-1)
+        valid = flat >= 0
+        wanted = np.isin(flat, frames[lo:hi]) & valid
+        rows = np.searchsorted(frames, flat[wanted])
+        x = torch.from_numpy(win.x)
+        for name, enc in encoders.items():
+            if enc is None:
+                z = x[:, context: context + crop]
+            else:
+                trim = context - enc.context
+                z = enc(x[:, trim: x.shape[1] - trim].to(device)).float().cpu()
+            z = z.reshape(-1, z.shape[-1]).numpy()
+            out[name][rows] = z[wanted]
+        done += hi - lo
+        if time.perf_counter() - t0 > 10 and stop < store.n_frames:
+            log.info("embedded %d/%d frames with %d encoders", done, len(frames), len(encoders))
+    return out
+
+
+def build_probed_encoders(config: PipelineConfig, store: DatasetStore, held_out: np.ndarray,
+                          model_dirs: dict[str, Path], simclr_weights: Path | None, kind: str
+                          ) -> dict[str, Encoder | None]:
+    """The encoders the config names, frozen and in eval mode (raw features: None)."""
+    encoders: dict[str, Encoder | None] = {}
+    n_features = int(np.prod(store.features.shape[1:]))
+    for name in config.probe.encoders:
+        if name == "raw":
+            encoders[name] = None
+        elif name == "random":
+            enc_cfg = config.train.encoder.model_copy(update={"weights": None, "frozen": False})
+            context = (enc_cfg.temporal.context_frames - 1) // 2 if kind == "temporal" else 0
+            scan = scan_features(store.features, store.offsets, context, ~held_out)
+            torch.manual_seed(config.train.seed)  # the supervised encoder's own initial weights
+            encoders[name] = initial_encoder(enc_cfg, scan, kind).freeze()
+        elif name == "simclr":
+            if simclr_weights is None:
+                raise ValueError("the simclr encoder needs its pretrained weights")
+            encoders[name] = load_pretrained(simclr_weights, config.train, n_features, kind)
+        else:
+            encoders[name] = load_model(model_dirs[name]).net.encoder.freeze()
+    return encoders
+
+
+def pretrain_encoder(config: PipelineConfig, root: Path) -> dict[str, Any]:
+    """SimCLR pretraining on every frame outside the probe's held-out sequences (labelled or not).
+
+    The folder `<root>/models/<dataset>/simclr-<key>` is keyed on the dataset version, the
+    encoder and SimCLR settings and the split, so a rerun finds a finished encoder and a retry
+    after a crash resumes from the last epoch.
+    """
+    store = open_for_probe(config, root)
+    held_out = held_out_frames(store, config)
+    key = simclr_key(store.version, config.train, config.probe.simclr, config.probe.seed, held_out)
+    folder = run_folder(root, config.name, f"simclr-{key}")
+    log.info("SimCLR pretraining on %d frames (%d held-out frames left out) in %s", (~held_out).sum(),
+             held_out.sum(), folder)
+    summary = pretrain_simclr(store, config.train, config.probe.simclr, ~held_out, folder, config.probe.seed)
+    return {**summary, "key": key, "folder": str(folder), "version": store.version,
+            "n_frames": int((~held_out).sum())}
+
+
+def probe_representations(config: PipelineConfig, root: Path, model_dirs: dict[str, Path] | None = None,
+                          simclr: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Probe every encoder of `config.probe` for every target; return a JSON-able summary.
+
+    `model_dirs` maps `supervised` / `simclr_finetuned` to trained model folders; `simclr` is
+    what `pretrain_encoder` returned (its `weights` are the pretrained encoder's state dict). The table, figures and summary
+    are written to `<root>/probes/<dataset>/<key>/` (`summary["outputs"]`).
+    """
+    t_start = time.perf_counter()
+    pc = config.probe
+    store = open_for_probe(config, root)
+    device = pick_device(config.train)
+    set_determinism(config.train, device)
+    labels, gold = store.read_labels(), store.read_gold()
+    held_out = held_out_frames(store, config)
+    longest = int(np.diff(store.offsets).max())
+    kind = resolve_kind(config.train.encoder, longest)
+    crop = 1 if longest == 1 else config.train.loader.crop_frames
+
+    targets = frame_targets(labels, gold, held_out, store.n_classes, list(pc.targets), pc.seed)
+    skipped = {name: reason for name, (y, _) in targets.items() if (reason := why_not(y, held_out))}
+    for name, reason in skipped.items():
+        log.warning("probe target %s skipped: %s", name, reason)
+    usable = {name: t for name, t in targets.items() if name not in skipped}
+    if not usable:
+        raise InputError(store.uri, "probe.targets", list(pc.targets), "no target can be probed: "
+                         + "; ".join(f"{k}: {v}" for k, v in skipped.items()))
+    any_label = np.zeros(store.n_frames, bool)
+    for y, _ in usable.values():
+        any_label |= y >= 0
+    rng = np.random.default_rng([pc.seed, 2])
+    frames = np.union1d(draw(any_label & ~held_out, pc.linear.max_train_frames, rng),
+                        draw(any_label & held_out, pc.linear.max_test_frames, rng))
+    weights = Path(simclr["weights"]) if simclr else None
+    encoders = build_probed_encoders(config, store, held_out, model_dirs or {}, weights, kind)
+    for enc in encoders.values():
+        if enc is not None:
+            enc.to(device)
+    t0 = time.perf_counter()
+    z = embed_frames(encoders, store, frames, crop, device)
+    log.info("embedded %d frames with %s in %.1f s", len(frames), list(encoders), time.perf_counter() - t0)
+
+    sequence = np.searchsorted(store.offsets, frames, side="right") - 1
+    results: dict[str, dict[str, Any]] = {name: {} for name in encoders}
+    for target, (y_all, n_classes) in usable.items():
+        y = y_all[frames]
+        tr, te = (y >= 0) & ~held_out[frames], (y >= 0) & held_out[frames]
+        for name in encoders:
+            t1 = time.perf_counter()
+            res = probe_target(z[name][tr], y[tr], sequence[tr], z[name][te], y[te], sequence[te], n_classes,
+                               pc.linear, pc.seed)
+            results[name][target] = res
+            log.info("probe %-16s %-10s accuracy %.3f (chance %.3f), MI >= %.3f of H %.3f nats (%.1f s)", name,
+                     target, res["accuracy"], res["chance"], res["mutual_information"], res["entropy"],
+                     time.perf_counter() - t1)
+    names = list(encoders)
+    first = names[0]
+    summary = {
+        "dataset": config.name, "version": store.version, "store": store.uri, "encoder_kind": kind,
+        "encoders": names, "targets": list(usable), "skipped_targets": skipped,
+        "probe_accuracy": {e: {t: results[e][t]["accuracy"] for t in usable} for e in names},
+        "mutual_information": {e: {t: results[e][t]["mutual_information"] for t in usable} for e in names},
+        "chance": {t: results[first][t]["chance"] for t in usable},
+        "entropy": {t: results[first][t]["entropy"] for t in usable},
+        "results": results,
+        "n_probe_frames": {"train": int((~held_out[frames]).sum()), "test": int(held_out[frames].sum())},
+        "held_out_sequences": int(len(np.unique(sequence[held_out[frames]]))),
+        "model_dirs": {k: str(v) for k, v in (model_dirs or {}).items()},
+        "simclr": simclr,
+    }
+    digest = hashlib.sha256(json.dumps({"probe": pc.model_dump(mode="json"), "train": config.train.model_dump(
+        mode="json"), "models": summary["model_dirs"], "simclr": str(weights)}, sort_keys=True,
+        default=str).encode()).hexdigest()[:12]
+    out = Path(root) / "probes" / config.name / f"{store.version}-{digest}"
+    summary["outputs"] = str(out)
+    summary["seconds"] = time.perf_counter() - t_start
+    write_outputs(summary, out)
+    return summary
+
+
+def probe_table(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per encoder and target: accuracy, chance, MI bound and intervals, few-shot accuracies."""
+    rows = []
+    for enc in summary["encoders"]:
+        for t in summary["targets"]:
+            r = summary["results"][enc][t]
+            acc_span = r["interval"]["accuracy"] or [None, None]
+            mi_span = r["interval"]["mutual_information"] or [None, None]
+            row = {"encoder": enc, "target": t, "accuracy": r["accuracy"], "accuracy_low": acc_span[0],
+                   "accuracy_high": acc_span[1], "chance": r["chance"], "mutual_information": r["mutual_information"],
+                   "mi_low": mi_span[0], "mi_high": mi_span[1], "entropy": r["entropy"],
+                   "cross_entropy": r["cross_entropy"], "n_train": r["n_train"], "n_test": r["n_test"],
+                   "n_test_groups": r["n_test_groups"]}
+            row.update({f"few_shot_{f}": v for f, v in r["few_shot"].items()})
+            rows.append(row)
+    return rows
+
+
+def write_outputs(summary: dict[str, Any], out: Path) -> None:
+    """`probe_table.csv`, `summary.json` and the figures (`figures/probe.png`, `few_shot.png`,
+    `simclr_loss.png`) in `out`."""
+    (out / "figures").mkdir(parents=True, exist_ok=True)
+    rows = probe_table(summary)
+    with open(out / "probe_table.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    figures.save(figures.probe_bars(summary), out / "figures" / "probe.png")
+    figures.save(figures.few_shot_curves(summary), out / "figures" / "few_shot.png")
+    if summary.get("simclr"):
+        figures.save(figures.loss_curve(summary["simclr"]["history"], summary["simclr"]["chance_loss"],
+                                        "SimCLR NT-Xent per epoch (dashed: an encoder that knows nothing)"),
+                     out / "figures" / "simclr_loss.png")
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
+
+
+pretrain_task = task(pretrain_encoder, name="pretrain-simclr", retries=1, retry_delay_seconds=[2],
+                     cache_policy=NO_CACHE, retry_condition_fn=retry_unless_bad_input)
+"""Prefect task; a retry after a crash resumes from the last finished epoch."""
+
+probe_task = task(probe_representations, name="probe", retries=1, retry_delay_seconds=[2], cache_policy=NO_CACHE,
+                  retry_condition_fn=retry_unless_bad_input)
+"""Prefect task; probing is cheap and pure, so a retry simply redoes it."""
