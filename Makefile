@@ -18,11 +18,13 @@ $(STAMP): pyproject.toml requirements.lock
 setup: $(STAMP)
 
 # the shared real label sets (ingest, crowd-kit consensus, label-based clusters), then the demo
-# pipeline end to end (ingest, train, predict, analyze), which prints its clusters last
+# pipeline end to end (ingest, train, predict, analyze), which prints its clusters, then the
+# representation probe of its encoders (reuses the trained model), which prints its table last
 REAL := bluebirds rte temp wsd dreem
 demo: setup
 	for c in $(REAL); do $(VENV)/bin/annostyle run configs/$$c.yaml --root $(ROOT) || exit 1; done
 	$(VENV)/bin/annostyle run configs/demo.yaml --root $(ROOT)
+	$(VENV)/bin/annostyle probe configs/demo.yaml --root $(ROOT)
 
 # the default run skips tests marked slow (each of those starts servers, trains or runs a whole
 # pipeline); CI runs both

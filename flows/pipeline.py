@@ -34,6 +34,7 @@ from storage.tracking.predict import record_predict
 from storage.tracking.train import record_train
 from tasks.analyze import analyze_task
 from tasks.ingest import ingest_task
+from tasks.model import set_model_run_id
 from tasks.predict import predict_task
 from tasks.train import train_task
 
@@ -142,10 +143,15 @@ def pipeline_flow(config_path: str, root: str, force: list[str] | None = None,
             summaries[stage] = summary
             return summary
 
+        def record_model(summary: dict[str, Any]) -> str:
+            run_id = record_train(root_path, config_dict, summary, Path(config_path))
+            if summary.get("model_dir"):  # the model knows the run that logged it (predict, probe read it)
+                set_model_run_id(Path(summary["model_dir"]), run_id)
+            return run_id
+
         train = run("train", train_task, [version, config_dict["train"]],
                     lambda s: s.get("model_dir") is None or Path(s["model_dir"]).exists(),
-                    lambda s: record_train(root_path, config_dict, s, Path(config_path)),
-                    config, root_path)
+                    record_model, config, root_path)
         # the stores' location is part of the key: a moved `store.uri_prefix` is not the same output
         analysis_inputs: list[Any] = [version, config_dict["analyze"], ingest["store"]]
         if train.get("model_dir"):

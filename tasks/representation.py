@@ -103,9 +103,15 @@ def frame_targets(labels: np.ndarray, gold: np.ndarray, held_out: np.ndarray, n_
     return out
 
 
-def why_not(y: np.ndarray, held_out: np.ndarray) -> str | None:
+WHAT = {"gold": "has a gold label", "consensus": "has a crowd label", "annotator": "has exactly one annotator",
+        "shuffled": "has a crowd label"}
+
+
+def why_not(name: str, y: np.ndarray, held_out: np.ndarray) -> str | None:
     """Why a target cannot be probed (None when it can)."""
     train, test = y[~held_out & (y >= 0)], y[held_out & (y >= 0)]
+    if not (y >= 0).any():
+        return f"no frame {WHAT[name]}"
     if len(np.unique(train)) < 2:
         return f"{len(np.unique(train))} class(es) among {len(train)} labelled training frames"
     if len(test) == 0:
@@ -219,7 +225,7 @@ def probe_representations(config: PipelineConfig, root: Path, model_dirs: dict[s
     crop = 1 if longest == 1 else config.train.loader.crop_frames
 
     targets = frame_targets(labels, gold, held_out, store.n_classes, list(pc.targets), pc.seed)
-    skipped = {name: reason for name, (y, _) in targets.items() if (reason := why_not(y, held_out))}
+    skipped = {name: reason for name, (y, _) in targets.items() if (reason := why_not(name, y, held_out))}
     for name, reason in skipped.items():
         log.warning("probe target %s skipped: %s", name, reason)
     usable = {name: t for name, t in targets.items() if name not in skipped}
