@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -78,3 +82,18 @@ def big_batch(which: str):
     return Batch(sequence_names=names, sequence_lengths=np.asarray(lengths), annotators=annotators,
                  classes=["a", "b", "c"], labels=labels, gold=None, features=features,
                  sources={"labels": f"kill-test-{which}"})
+
+
+def kill_when_written(code: str, folder: Path, pattern: str, timeout: float = 120.0) -> Path:
+    """Run `code` in a new Python process and SIGKILL it as soon as a file matching `pattern`
+    appears under `folder`; returns that file (the test fails if the process ended first)."""
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None and time.monotonic() < deadline:
+        if list(folder.glob(pattern)):
+            break
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
+    return next(folder.glob(pattern))

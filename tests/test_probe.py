@@ -4,15 +4,12 @@ then SimCLR on scikit-learn's digits against raw pixels, and a SimCLR run killed
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import kill_when_written
 from sklearn.datasets import load_digits
 from test_train_digits import digits_store
 
@@ -248,16 +245,7 @@ def test_simclr_killed_mid_run_resumes_and_matches_an_uninterrupted_run(tmp_path
     for root in roots.values():
         digits_store(root)
     code = PRETRAIN.format(tests=str(Path(__file__).parent), root=str(roots["killed"]))
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    while proc.poll() is None and time.monotonic() < deadline:
-        if list(roots["killed"].glob(f"models/digits/simclr-*/{CHECKPOINT}")):
-            break
-        time.sleep(0.005)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
-    ckpt = next(roots["killed"].glob(f"models/digits/simclr-*/{CHECKPOINT}"))
+    ckpt = kill_when_written(code, roots["killed"], f"models/digits/simclr-*/{CHECKPOINT}")
     killed_at = int(torch.load(ckpt, weights_only=True)["epoch"])
     assert killed_at < 39
 

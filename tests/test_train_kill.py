@@ -4,15 +4,11 @@ exactly the result of an uninterrupted run (same epochs, same metrics, bit-ident
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import CONFIGS
+from conftest import CONFIGS, kill_when_written
 
 from configs.schema import load_config
 from tasks.ingest import ingest
@@ -50,15 +46,7 @@ def test_sigkill_after_a_checkpoint_resumes_and_matches_an_uninterrupted_run(tmp
 
     code = TRAIN.format(config=str(CONFIGS / "demo.yaml"), overrides=json.dumps(OVERRIDES),
                         root=str(roots["killed"]))
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    while proc.poll() is None and time.monotonic() < deadline:
-        if list(roots["killed"].glob(f"models/demo/*/{CHECKPOINT}")):
-            break
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
+    kill_when_written(code, roots["killed"], f"models/demo/*/{CHECKPOINT}")
     killed_at = checkpoint_epoch(roots["killed"])
     assert killed_at is not None and killed_at < 5, "the kill must land between the first and the last epoch"
 
