@@ -36,7 +36,7 @@ from storage.errors import InputError, retry_unless_bad_input
 from tasks import figures
 from tasks.aggregate import CrowdAggregate
 from tasks.encoders import Encoder, resolve_kind
-from tasks.loader import ChunkCache, read_range, scan_features
+from tasks.loader import ChunkCache, WindowBatch, read_range, scan_features
 from tasks.model import load_model
 from tasks.probe import probe_target
 from tasks.simclr import load_pretrained, pretrain_simclr, simclr_key
@@ -127,39 +127,49 @@ def draw(pool: np.ndarray, limit: int, rng: np.random.Generator) -> np.ndarray:
 
 @torch.no_grad()
 def embed_frames(encoders: dict[str, Encoder | None], store: DatasetStore, frames: np.ndarray, crop: int,
-                 device: str, block: int = 16384) -> dict[str, np.ndarray]:
+                 device: str, batch_frames: int = 16384) -> dict[str, np.ndarray]:
     """Embeddings of the (sorted) `frames` by every encoder; `None` means the raw features.
 
-    Reads the store once, in blocks of frames holding a wanted frame, with the widest context any
-    encoder needs; each encoder sees the part of the window it was built for.
+    Reads only the `crop`-frame ranges that hold a wanted frame (with the widest context any
+    encoder needs), in order, so each Zarr chunk is decoded once and a few thousand frames drawn
+    from a huge store cost a few thousand crops, not the store; each encoder sees the part of
+    the window it was built for.
     """
     context = max([e.context for e in encoders.values() if e is not None], default=0)
     cache = ChunkCache(store.features)
-    out = {name: np.zeros((len(frames), e.dim if e is not None else int(np.prod(store.features.shape[1:]))),
-                          np.float32) for name, e in encoders.items()}
-    t0, done = time.perf_counter(), 0
-    for start in range(0, store.n_frames, block):
-        stop = min(store.n_frames, start + block)
-        lo, hi = np.searchsorted(frames, [start, stop])
-        if lo == hi:
-            continue
-        win = read_range(store, start, stop, context, crop, cache)
-        flat = win.frames.reshape(-1)
-        valid = flat >= 0
-        wanted = np.isin(flat, frames[lo:hi]) & valid
+    n_features = int(np.prod(store.features.shape[1:]))
+    out = {name: np.zeros((len(frames), e.dim if e is not None else n_features), np.float32)
+           for name, e in encoders.items()}
+    ranges = np.unique(frames // crop)
+    t0 = last = time.perf_counter()
+    pending: list[WindowBatch] = []
+
+    def flush() -> None:
+        x = torch.from_numpy(np.concatenate([w.x for w in pending]))
+        flat = np.concatenate([w.frames for w in pending]).reshape(-1)
+        wanted = np.isin(flat, frames)  # padding (-1) is never wanted
         rows = np.searchsorted(frames, flat[wanted])
-        x = torch.from_numpy(win.x)
         for name, enc in encoders.items():
             if enc is None:
                 z = x[:, context: context + crop]
             else:
                 trim = context - enc.context
                 z = enc(x[:, trim: x.shape[1] - trim].to(device)).float().cpu()
-            z = z.reshape(-1, z.shape[-1]).numpy()
-            out[name][rows] = z[wanted]
-        done += hi - lo
-        if time.perf_counter() - t0 > 10 and stop < store.n_frames:
-            log.info("embedded %d/%d frames with %d encoders", done, len(frames), len(encoders))
+            out[name][rows] = z.reshape(-1, z.shape[-1]).numpy()[wanted]
+        pending.clear()
+
+    held = 0
+    for i, r in enumerate(ranges):
+        pending.append(read_range(store, int(r) * crop, min(store.n_frames, (int(r) + 1) * crop), context, crop, cache))
+        held += pending[-1].frames.size
+        if held >= batch_frames or i == len(ranges) - 1:
+            flush()
+            held = 0
+            if time.perf_counter() - last > 10:
+                rate = (i + 1) / (time.perf_counter() - t0)
+                log.info("embedding: %d/%d ranges of %d frames, %.0f ranges/s, ETA %.0f s", i + 1, len(ranges),
+                         crop, rate, (len(ranges) - i - 1) / rate)
+                last = time.perf_counter()
     return out
 
 

@@ -9,16 +9,27 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import kill_when_written
+from conftest import CONFIGS, kill_when_written
 from sklearn.datasets import load_digits
 from test_train_digits import digits_store
 
 from configs.probe import AugmentConfig, LinearProbeConfig
-from configs.schema import PipelineConfig, StoreConfig
+from configs.schema import PipelineConfig, StoreConfig, load_config
+from configs.train import EncoderConfig
 from storage.batch import Batch
 from storage.dataset_store import dataset_uri, open_or_create
+from storage.errors import InputError
+from tasks.augment import sequence_view, vector_view
+from tasks.encoders import build_encoder
+from tasks.loader import read_range
 from tasks.probe import bootstrap_intervals, entropy, fit_probe, held_out_nll, mi_lower_bound, probe_target
-from tasks.representation import frame_targets, held_out_frames, pretrain_encoder, probe_representations
+from tasks.representation import (
+    embed_frames,
+    frame_targets,
+    held_out_frames,
+    pretrain_encoder,
+    probe_representations,
+)
 from tasks.simclr import CHECKPOINT, nt_xent
 from tasks.train import split_sequences
 
@@ -62,8 +73,6 @@ def test_nt_xent_stays_finite_on_degenerate_inputs():
 
 # -------------------------------------------------------------------------------------- views
 def test_sequence_view_is_a_shifted_crop_of_the_window():
-    from tasks.augment import sequence_view
-
     context, shift = 5, 3
     x = torch.arange(2 * (context + shift) + 1, dtype=torch.float32)[None, :, None].repeat(16, 1, 4)
     plain = AugmentConfig(jitter=0, scaling=0, keypoint_dropout=0, time_shift=shift)
@@ -75,8 +84,6 @@ def test_sequence_view_is_a_shifted_crop_of_the_window():
 
 
 def test_keypoint_dropout_hides_whole_keypoints_for_the_whole_window():
-    from tasks.augment import sequence_view
-
     x = torch.randn(64, 11, 6, generator=torch.Generator().manual_seed(0)) + 10
     hide = AugmentConfig(jitter=0, scaling=0, time_shift=0, keypoint_dropout=0.5, keypoint_size=2)
     view = sequence_view(x, 5, torch.zeros(6), torch.ones(6), hide, torch.Generator().manual_seed(1))
@@ -88,8 +95,6 @@ def test_keypoint_dropout_hides_whole_keypoints_for_the_whole_window():
 
 
 def test_feature_dropout_takes_values_from_the_same_feature_of_other_items():
-    from tasks.augment import vector_view
-
     x = torch.randn(32, 1, 10, generator=torch.Generator().manual_seed(0))
     view = vector_view(x, torch.ones(10), AugmentConfig(noise=0, feature_dropout=0.5), torch.Generator().manual_seed(3))
     changed = view != x
@@ -257,3 +262,28 @@ def test_simclr_killed_mid_run_resumes_and_matches_an_uninterrupted_run(tmp_path
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
     again = pretrain_encoder(digits_config(epochs=40), roots["reference"])  # finished: returned as it is
     assert json.dumps(again["history"]) == json.dumps(reference["history"])
+
+
+def test_embedding_drawn_frames_equals_embedding_everything(tmp_path):
+    """Reading only the ranges around drawn frames gives what one pass over the store gives."""
+    store = one_annotator_store(tmp_path, leak=False)
+    torch.manual_seed(0)
+    enc = build_encoder(EncoderConfig(kind="temporal", temporal={"context_frames": 7, "blocks": 2}), 4).freeze()
+    frames = np.sort(np.random.default_rng(0).choice(store.n_frames, 300, replace=False))
+    got = embed_frames({"raw": None, "temporal": enc}, store, frames, crop=16, device="cpu", batch_frames=200)
+    whole = read_range(store, 0, store.n_frames, enc.context, crop=16)
+    with torch.no_grad():
+        z = enc(torch.from_numpy(whole.x)).reshape(-1, enc.dim).numpy()
+    at = whole.frames.reshape(-1)
+    order = np.argsort(np.where(at >= 0, at, store.n_frames))[: store.n_frames]
+    assert np.allclose(got["temporal"], z[order][frames], atol=1e-5)
+    assert np.array_equal(got["raw"], np.asarray(store.features[:])[frames])
+
+
+@pytest.mark.parametrize(("probe", "key"), [({"encoders": ["vae"]}, "probe.encoders.0"),
+                                            ({"simclr": {"temperature": 0}}, "probe.simclr.temperature"),
+                                            ({"linear": {"fractions": [0.1, 2]}}, "probe.linear.fractions")])
+def test_a_bad_probe_section_names_its_key(tmp_path, probe, key):
+    with pytest.raises(InputError) as err:
+        load_config(CONFIGS / "demo.yaml", {"probe": probe})
+    assert err.value.field == key and "demo.yaml" in str(err.value)
