@@ -28,7 +28,8 @@ class AugmentConfig(Strict):
                                                  "feature's frame-to-frame motion (SD of its central difference)")
     scaling: float = Field(0.1, ge=0, lt=1,
                            description="sequences: the window scaled about its mean by U(1-s, 1+s)")
-    time_shift: int = Field(8, ge=0, description="sequences: the two views are centred up to this many frames apart")
+    time_shift: int = Field(8, ge=0, description="sequences: each view is centred up to this many frames from the "
+                                                "anchor, so the two views up to twice that apart")
     keypoint_dropout: float = Field(0.05, ge=0, lt=1,
                                     description="sequences: share of keypoints hidden for the whole window")
     keypoint_size: int = Field(2, ge=1, description="consecutive features that make one keypoint (x, y: 2)")
@@ -51,6 +52,7 @@ class SimCLRConfig(Strict):
     lr: float = Field(3e-3, gt=0, description="peak learning rate (one-cycle)")
     warmup: float = Field(0.1, ge=0, lt=1)
     weight_decay: float = Field(1e-4, ge=0)
+    grad_clip: float | None = Field(1.0, gt=0)
     augment: AugmentConfig = AugmentConfig()
 
 

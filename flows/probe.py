@@ -16,7 +16,7 @@ from prefect import flow
 from configs.schema import PipelineConfig, load_config
 from flows.train import trained_model
 from storage.tracking.probe import record_probe
-from tasks.representation import open_for_probe, pretrain_task, probe_task
+from tasks.representation import open_for_probe, pretrain_task, probe_task, save_summary
 
 
 def finetune_config(config: PipelineConfig, weights: str) -> PipelineConfig:
@@ -46,9 +46,9 @@ def probe_flow(config_path: str, root: str) -> dict[str, Any]:
             tuned = trained_model(finetune_config(config, simclr["weights"]), root_path, path)
             model_dirs["simclr_finetuned"] = Path(tuned["model_dir"])
             model_run_ids["simclr_finetuned"] = tuned["model_run_id"]
-    summary = probe_task(config, root_path, model_dirs, simclr)
-    summary["model_run_ids"] = model_run_ids
+    summary = probe_task(config, root_path, model_dirs, simclr, model_run_ids)
     record_probe(root_path, config.model_dump(mode="json"), summary, path)
+    save_summary(summary)  # now with its MLflow run id
     return summary
 
 

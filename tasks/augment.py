@@ -1,7 +1,7 @@
 """Random views for contrastive pretraining, per data kind.
 
-Sequences (frames with temporal context): the two views of an anchor frame are windows centred
-up to `time_shift` frames apart (so nearby frames are positives), each scaled about its own mean,
+Sequences (frames with temporal context): each view of an anchor frame is a window centred up
+to `time_shift` frames from it (so frames up to twice that apart are positives), each scaled about its own mean,
 jittered frame by frame, and with some keypoints hidden for the whole window. Feature vectors
 (items): Gaussian noise and feature dropout, where a dropped feature takes the value of the same
 feature of another item in the batch, so its distribution stays the same (zeros would be an easy
@@ -32,7 +32,8 @@ def sequence_view(x: torch.Tensor, context: int, mean: torch.Tensor, motion: tor
     b, width, f = x.shape
     shift = config.time_shift
     if width != 2 * (context + shift) + 1:
-        raise ValueError(f"windows of {width} frames; need 2 * (context + time_shift) + 1 = {2 * (context + shift) + 1}")
+        need = 2 * (context + shift) + 1
+        raise ValueError(f"windows of {width} frames; need 2 * (context + time_shift) + 1 = {need}")
     offset = torch.randint(0, 2 * shift + 1, (b,), generator=generator)
     rows = offset[:, None] + torch.arange(2 * context + 1)[None, :]
     view = torch.gather(x, 1, rows[:, :, None].expand(-1, -1, f))

@@ -167,6 +167,11 @@ def resolve_kind(config: EncoderConfig, longest_sequence: int) -> str:
     return "temporal" if longest_sequence > 1 else "mlp"
 
 
+def context_frames_each_side(config: EncoderConfig, kind: str) -> int:
+    """Frames of context either side of a frame that the encoder of `kind` reads."""
+    return (config.temporal.context_frames - 1) // 2 if kind == "temporal" else 0
+
+
 def build_encoder(config: EncoderConfig, n_features: int, kind: str | None = None) -> Encoder:
     """The encoder a config asks for; `config.weights` are loaded, `config.frozen` freezes it.
 

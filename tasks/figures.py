@@ -178,8 +178,8 @@ def probe_bars(summary: Mapping) -> Figure:
             spans = [results[enc][t]["interval"][key] for t in targets]
             err = None
             if all(s is not None for s in spans):
-                err = np.array([[v - s[0] for v, s in zip(vals, spans, strict=True)], [s[1] - v for v, s in zip(vals, spans, strict=True)]])
-                err = np.maximum(err, 0)
+                lo, hi = np.array(spans).T
+                err = np.maximum([np.array(vals) - lo, hi - np.array(vals)], 0)
             ax.bar(x + (i - (len(encoders) - 1) / 2) * width, vals, width, yerr=err, capsize=2, label=enc,
                    color=colours[i])
         for j, t in enumerate(targets):

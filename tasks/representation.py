@@ -2,15 +2,15 @@
 
 `probe_representations(config, root, ...)` is the pure entry point (no Prefect, no MLflow):
 
-1. the split is training's own (`tasks.train.split_sequences` with the `train:` seed and
-   fraction): probes fit on frames of the training sequences and are scored on the validation
-   sequences plus the sequences holding gold-only test frames, so no sequence is on both sides
-   and the supervised encoder never saw a held-out label;
+1. the split is training's own (`tasks.train.split_frames` with the `train:` seed and fraction):
+   probes fit on frames of the training sequences and are scored on the validation sequences
+   plus the sequences with gold-only test frames and no crowd label, so no sequence is on both
+   sides and the supervised encoder was never trained on a held-out label (`probe_split`);
 2. targets per frame: `gold`, `consensus` (crowd-kit majority vote), `annotator` (who labelled,
    on frames with exactly one annotator) and `shuffled` (the consensus permuted at random within
    each side of the split: a control whose information is 0);
-3. up to `max_train_frames` / `max_test_frames` frames are drawn and embedded by every encoder in
-   one pass over the store (contiguous crops with their context, as in prediction);
+3. up to `max_train_frames` / `max_test_frames` frames are drawn and embedded by every encoder,
+   reading only the crops that hold them (with their context, as in prediction);
 4. per encoder and target: `tasks.probe.probe_target` (accuracy, chance, MI bound, bootstrap
    intervals, few-shot curve).
 """
@@ -35,12 +35,12 @@ from storage.dataset_store import DatasetStore, dataset_uri
 from storage.errors import InputError, retry_unless_bad_input
 from tasks import figures
 from tasks.aggregate import CrowdAggregate
-from tasks.encoders import Encoder, resolve_kind
+from tasks.encoders import Encoder, context_frames_each_side, resolve_kind
 from tasks.loader import ChunkCache, WindowBatch, read_range, scan_features
 from tasks.model import load_model
 from tasks.probe import probe_target
 from tasks.simclr import load_pretrained, pretrain_simclr, simclr_key
-from tasks.train import initial_encoder, pick_device, run_folder, set_determinism, split_sequences
+from tasks.train import FrameSplit, initial_encoder, pick_device, run_folder, set_determinism, split_frames
 
 log = logging.getLogger(__name__)
 
@@ -58,17 +58,21 @@ def open_for_probe(config: PipelineConfig, root: Path) -> DatasetStore:
     return store
 
 
-def held_out_frames(store: DatasetStore, config: PipelineConfig) -> np.ndarray:
-    """Bool per frame: the frame's sequence is held out (training's validation sequences and the
-    sequences with gold-only test frames)."""
-    labels, gold, offsets = store.read_labels(), store.read_gold(), store.offsets
-    labelled = (labels >= 0).any(axis=1)
-    val = split_sequences(offsets, labelled, config.train.split.val_fraction, config.train.seed)
-    test = (gold >= 0) & ~labelled
-    if len(offsets) > 1:
-        val |= np.add.reduceat(test.astype(np.int64), offsets[:-1]) > 0
-        val &= np.diff(offsets) > 0
-    return np.repeat(val, np.diff(offsets))
+def probe_split(store: DatasetStore, config: PipelineConfig) -> tuple[np.ndarray, FrameSplit]:
+    """Bool per frame, true where the frame's sequence is held out from the probes; and training's split.
+
+    Held out: training's validation sequences and the sequences holding gold-only test frames
+    but no crowd label. A sequence with both crowd labels (which training used) and gold-only
+    frames stays on the probes' training side, so no held-out label was trained on (training
+    only chose its best epoch on the validation labels).
+    """
+    offsets = store.offsets
+    split = split_frames(store.read_labels(), store.read_gold(), offsets, config.train)
+    lengths = np.diff(offsets)
+    trained_on = np.add.reduceat(split.train_frames.astype(np.int64), offsets[:-1]) > 0 if len(lengths) \
+        else np.zeros(0, bool)
+    held = split.eval_sequences & ~np.repeat(trained_on, lengths)
+    return held, split
 
 
 def frame_targets(labels: np.ndarray, gold: np.ndarray, held_out: np.ndarray, n_classes: int,
@@ -173,7 +177,7 @@ def embed_frames(encoders: dict[str, Encoder | None], store: DatasetStore, frame
     return out
 
 
-def build_probed_encoders(config: PipelineConfig, store: DatasetStore, held_out: np.ndarray,
+def build_probed_encoders(config: PipelineConfig, store: DatasetStore, split: FrameSplit,
                           model_dirs: dict[str, Path], simclr_weights: Path | None, kind: str
                           ) -> dict[str, Encoder | None]:
     """The encoders the config names, frozen and in eval mode (raw features: None)."""
@@ -183,10 +187,11 @@ def build_probed_encoders(config: PipelineConfig, store: DatasetStore, held_out:
         if name == "raw":
             encoders[name] = None
         elif name == "random":
+            # the supervised encoder before training: same seed, same statistics (one pass over the store)
             enc_cfg = config.train.encoder.model_copy(update={"weights": None, "frozen": False})
-            context = (enc_cfg.temporal.context_frames - 1) // 2 if kind == "temporal" else 0
-            scan = scan_features(store.features, store.offsets, context, ~held_out)
-            torch.manual_seed(config.train.seed)  # the supervised encoder's own initial weights
+            scan = scan_features(store.features, store.offsets, context_frames_each_side(enc_cfg, kind),
+                                 split.train_frames)
+            torch.manual_seed(config.train.seed)
             encoders[name] = initial_encoder(enc_cfg, scan, kind).freeze()
         elif name == "simclr":
             if simclr_weights is None:
@@ -205,7 +210,7 @@ def pretrain_encoder(config: PipelineConfig, root: Path) -> dict[str, Any]:
     after a crash resumes from the last epoch.
     """
     store = open_for_probe(config, root)
-    held_out = held_out_frames(store, config)
+    held_out, _ = probe_split(store, config)
     key = simclr_key(store.version, config.train, config.probe.simclr, config.probe.seed, held_out)
     folder = run_folder(root, config.name, f"simclr-{key}")
     log.info("SimCLR pretraining on %d frames (%d held-out frames left out) in %s", (~held_out).sum(),
@@ -216,11 +221,13 @@ def pretrain_encoder(config: PipelineConfig, root: Path) -> dict[str, Any]:
 
 
 def probe_representations(config: PipelineConfig, root: Path, model_dirs: dict[str, Path] | None = None,
-                          simclr: dict[str, Any] | None = None) -> dict[str, Any]:
+                          simclr: dict[str, Any] | None = None,
+                          model_run_ids: dict[str, str | None] | None = None) -> dict[str, Any]:
     """Probe every encoder of `config.probe` for every target; return a JSON-able summary.
 
     `model_dirs` maps `supervised` / `simclr_finetuned` to trained model folders; `simclr` is
-    what `pretrain_encoder` returned (its `weights` are the pretrained encoder's state dict). The table, figures and summary
+    what `pretrain_encoder` returned (its `weights` are the pretrained encoder's state dict);
+    `model_run_ids` the MLflow runs that trained the models, kept in the summary. The table, figures and summary
     are written to `<root>/probes/<dataset>/<key>/` (`summary["outputs"]`).
     """
     t_start = time.perf_counter()
@@ -229,7 +236,7 @@ def probe_representations(config: PipelineConfig, root: Path, model_dirs: dict[s
     device = pick_device(config.train)
     set_determinism(config.train, device)
     labels, gold = store.read_labels(), store.read_gold()
-    held_out = held_out_frames(store, config)
+    held_out, split = probe_split(store, config)
     longest = int(np.diff(store.offsets).max())
     kind = resolve_kind(config.train.encoder, longest)
     crop = 1 if longest == 1 else config.train.loader.crop_frames
@@ -249,7 +256,7 @@ def probe_representations(config: PipelineConfig, root: Path, model_dirs: dict[s
     frames = np.union1d(draw(any_label & ~held_out, pc.linear.max_train_frames, rng),
                         draw(any_label & held_out, pc.linear.max_test_frames, rng))
     weights = Path(simclr["weights"]) if simclr else None
-    encoders = build_probed_encoders(config, store, held_out, model_dirs or {}, weights, kind)
+    encoders = build_probed_encoders(config, store, split, model_dirs or {}, weights, kind)
     for enc in encoders.values():
         if enc is not None:
             enc.to(device)
@@ -284,6 +291,7 @@ def probe_representations(config: PipelineConfig, root: Path, model_dirs: dict[s
         "held_out_sequences": int(len(np.unique(sequence[held_out[frames]]))),
         "model_dirs": {k: str(v) for k, v in (model_dirs or {}).items()},
         "simclr": simclr,
+        "model_run_ids": model_run_ids or {},
     }
     digest = hashlib.sha256(json.dumps({"probe": pc.model_dump(mode="json"), "train": config.train.model_dump(
         mode="json"), "models": summary["model_dirs"], "simclr": str(weights)}, sort_keys=True,
@@ -322,13 +330,21 @@ def write_outputs(summary: dict[str, Any], out: Path) -> None:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
+    save_summary(summary)
     figures.save(figures.probe_bars(summary), out / "figures" / "probe.png")
     figures.save(figures.few_shot_curves(summary), out / "figures" / "few_shot.png")
     if summary.get("simclr"):
         figures.save(figures.loss_curve(summary["simclr"]["history"], summary["simclr"]["chance_loss"],
                                         "SimCLR NT-Xent per epoch (dashed: an encoder that knows nothing)"),
                      out / "figures" / "simclr_loss.png")
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
+
+
+def save_summary(summary: dict[str, Any]) -> None:
+    """The summary as `summary.json` in its outputs folder (again once the MLflow run id is known)."""
+    path = Path(summary["outputs"]) / "summary.json"
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(summary, indent=2, default=float))
+    tmp.replace(path)
 
 
 pretrain_task = task(pretrain_encoder, name="pretrain-simclr", retries=1, retry_delay_seconds=[2],

@@ -29,7 +29,7 @@ from configs.probe import SimCLRConfig
 from configs.train import TrainConfig
 from storage.dataset_store import DatasetStore
 from tasks.augment import sequence_view, vector_view
-from tasks.encoders import Encoder, build_encoder, resolve_kind
+from tasks.encoders import Encoder, build_encoder, context_frames_each_side, resolve_kind
 from tasks.loader import ChunkReader, cut_crops, iter_batches, scan_features
 from tasks.train import atomic_save, epoch_seed, initial_encoder, one_cycle, pick_device, set_determinism
 
@@ -73,9 +73,13 @@ class ProjectionHead(nn.Module):
 
 
 def simclr_key(version: str, train: TrainConfig, config: SimCLRConfig, seed: int, held_out: np.ndarray) -> str:
-    """Folder key: dataset version plus a hash of the encoder, the SimCLR settings and the held-out split."""
-    settings = {"encoder": train.encoder.model_dump(mode="json"), "simclr": config.model_dump(mode="json"),
-                "seed": seed, "threads": train.threads, "held_out": hashlib.sha256(np.packbits(held_out)).hexdigest()}
+    """Folder key: dataset version plus a hash of every setting that changes the encoder: its
+    architecture, the loader, device and determinism settings, SimCLR's own, and the split."""
+    used = train.model_dump(mode="json", include={"encoder", "loader", "device", "mixed_precision", "threads",
+                                                  "deterministic"})
+    used["encoder"] = {k: v for k, v in used["encoder"].items() if k not in ("weights", "frozen")}  # overridden
+    settings = {"train": used, "simclr": config.model_dump(mode="json"), "seed": seed,
+                "held_out": hashlib.sha256(np.packbits(held_out)).hexdigest()}
     return f"{version}-{hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]}"
 
 
@@ -97,7 +101,7 @@ def pretrain_simclr(store: DatasetStore, train: TrainConfig, config: SimCLRConfi
     sequences = int(np.diff(offsets).max()) > 1
     kind = resolve_kind(train.encoder, int(np.diff(offsets).max()))
     enc_cfg = train.encoder.model_copy(update={"weights": None, "frozen": False})
-    context = (enc_cfg.temporal.context_frames - 1) // 2 if kind == "temporal" else 0
+    context = context_frames_each_side(enc_cfg, kind)
     shift = config.augment.time_shift if sequences else 0
     scan = scan_features(store.features, offsets, context + shift, allowed)
     torch.manual_seed(seed)
@@ -122,7 +126,7 @@ def pretrain_simclr(store: DatasetStore, train: TrainConfig, config: SimCLRConfi
     reader = ChunkReader(store.features, store.n_frames, scan)
     candidates = np.flatnonzero(allowed)
     per_epoch = min(len(candidates), config.anchors_per_epoch or len(candidates))
-    steps = max(1, per_epoch // config.batch)
+    steps = max(1, -(-per_epoch // config.batch))
     last_log = time.perf_counter()
     for epoch in range(start, config.epochs):
         t0 = time.perf_counter()
@@ -135,7 +139,8 @@ def pretrain_simclr(store: DatasetStore, train: TrainConfig, config: SimCLRConfi
         encoder.train()
         head.train()
         total, count = 0.0, 0
-        for step, batch in enumerate(iter_batches(reader, crops, offsets, 1, config.batch, train.loader.buffer_chunks, rng)):
+        batches = iter_batches(reader, crops, offsets, 1, config.batch, train.loader.buffer_chunks, rng)
+        for step, batch in enumerate(batches):
             if len(batch.x) < 2:
                 continue
             x = torch.from_numpy(batch.x)
@@ -149,7 +154,8 @@ def pretrain_simclr(store: DatasetStore, train: TrainConfig, config: SimCLRConfi
             loss = nt_xent(z1, z2, config.temperature)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            if config.grad_clip:
+                torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
             optimizer.step()
             total += float(loss.detach()) * len(batch.x)
             count += len(batch.x)

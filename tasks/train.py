@@ -44,7 +44,7 @@ from configs.train import EncoderConfig, TrainConfig
 from storage.dataset_store import DatasetStore, dataset_uri
 from storage.errors import InputError, retry_unless_bad_input
 from tasks.aggregate import CrowdAggregate, accuracy, aggregator_report
-from tasks.encoders import Encoder, build_encoder, resolve_kind
+from tasks.encoders import Encoder, build_encoder, context_frames_each_side, resolve_kind
 from tasks.heads import ClassifierHead, build_head
 from tasks.loader import ChunkReader, FeatureScan, cut_crops, iter_batches, keep_crops_with, scan_features
 from tasks.model import BaselineNet, CrowdNet, save_model
@@ -152,9 +152,20 @@ class Data:
     scan: FeatureScan | None = None
 
 
-def prepare(store: DatasetStore, config: TrainConfig, context: int, crop: int) -> Data:
-    """Labels, gold, the split and the feature scan."""
-    labels, gold, offsets = store.read_labels(), store.read_gold(), store.offsets
+@dataclass(frozen=True)
+class FrameSplit:
+    """Training's split, as bools per frame (a sequence is never on both sides)."""
+
+    train_frames: np.ndarray  # crowd-labelled frames of the training sequences: the labels training uses
+    val_frames: np.ndarray  # crowd-labelled frames of the validation sequences
+    test_frames: np.ndarray  # gold and no crowd label (in any sequence)
+    train_sequences: np.ndarray  # the frame's sequence is a training sequence
+    eval_sequences: np.ndarray  # the frame's sequence is a validation sequence or holds a test frame
+    n_val_sequences: int
+
+
+def split_frames(labels: np.ndarray, gold: np.ndarray, offsets: np.ndarray, config: TrainConfig) -> FrameSplit:
+    """Validation sequences drawn by `split_sequences`; test frames are gold-only frames."""
     labelled = (labels >= 0).any(axis=1)
     val_seq = split_sequences(offsets, labelled, config.split.val_fraction, config.seed)
     lengths = np.diff(offsets)
@@ -162,10 +173,19 @@ def prepare(store: DatasetStore, config: TrainConfig, context: int, crop: int) -
     test = (gold >= 0) & ~labelled
     test_seq = np.repeat(np.add.reduceat(test.astype(np.int64), offsets[:-1]) > 0, lengths) \
         if len(lengths) else np.zeros(0, bool)
-    data = Data(store, labels, gold, offsets, labelled & ~val_seq_f, labelled & val_seq_f, test,
-                ~val_seq_f, val_seq_f | test_seq, crop, context)
+    return FrameSplit(labelled & ~val_seq_f, labelled & val_seq_f, test, ~val_seq_f, val_seq_f | test_seq,
+                      int(val_seq.sum()))
+
+
+def prepare(store: DatasetStore, config: TrainConfig, context: int, crop: int) -> Data:
+    """Labels, gold, the split and the feature scan."""
+    labels, gold, offsets = store.read_labels(), store.read_gold(), store.offsets
+    split = split_frames(labels, gold, offsets, config)
+    data = Data(store, labels, gold, offsets, split.train_frames, split.val_frames, split.test_frames,
+                split.train_sequences, split.eval_sequences, crop, context)
     log.info("split: %d training frames, %d validation frames (%d of %d sequences), %d test frames",
-             data.train_frames.sum(), data.val_frames.sum(), val_seq.sum(), len(val_seq), test.sum())
+             data.train_frames.sum(), data.val_frames.sum(), split.n_val_sequences, len(offsets) - 1,
+             data.test_frames.sum())
     data.scan = scan_features(store.features, offsets, context, data.train_frames)
     log.info("read %d frames x %d features for statistics and halos in %.1f s", store.n_frames,
              data.scan.n_features, data.scan.seconds)
@@ -479,7 +499,7 @@ def train_model(config: PipelineConfig, root: Path) -> dict[str, Any]:
     set_determinism(cfg, device)
     lengths = np.diff(store.offsets)
     kind = resolve_kind(cfg.encoder, int(lengths.max()))
-    context = (cfg.encoder.temporal.context_frames - 1) // 2 if kind == "temporal" else 0
+    context = context_frames_each_side(cfg.encoder, kind)
     crop = 1 if int(lengths.max()) == 1 else cfg.loader.crop_frames
     data = prepare(store, cfg, context, crop)
 

@@ -22,13 +22,13 @@ from storage.errors import InputError
 from tasks.augment import sequence_view, vector_view
 from tasks.encoders import build_encoder
 from tasks.loader import read_range
-from tasks.probe import bootstrap_intervals, entropy, fit_probe, held_out_nll, mi_lower_bound, probe_target
+from tasks.probe import bootstrap_intervals, fit_probe, held_out_nll, probe_target
 from tasks.representation import (
     embed_frames,
     frame_targets,
-    held_out_frames,
     pretrain_encoder,
     probe_representations,
+    probe_split,
 )
 from tasks.simclr import CHECKPOINT, nt_xent
 from tasks.train import split_sequences
@@ -104,15 +104,6 @@ def test_feature_dropout_takes_values_from_the_same_feature_of_other_items():
 
 
 # --------------------------------------------------------------------------- MI bound, probes
-def test_mi_bound_never_exceeds_the_entropy():
-    rng = np.random.default_rng(0)
-    for _ in range(200):
-        k = int(rng.integers(2, 8))
-        y = rng.integers(0, k, size=int(rng.integers(1, 50)))
-        nll = -np.log(rng.dirichlet(np.ones(k), size=len(y))[np.arange(len(y)), y])
-        assert mi_lower_bound(y, nll, k) <= entropy(y, k) + 1e-12
-
-
 def test_mi_bound_is_near_zero_for_a_shuffled_target_and_near_h_for_the_true_one():
     x, y = load_digits(return_X_y=True)
     rng = np.random.default_rng(0)
@@ -148,15 +139,31 @@ def test_bootstrap_resamples_whole_groups():
 
 
 # ---------------------------------------------------------------------------- split, targets
-def test_held_out_split_never_mixes_sequences_and_is_the_training_split(tmp_path):
-    store = digits_store(tmp_path)[0]
-    config = PipelineConfig.model_validate({"name": "digits", "source": {"kind": "demo"}})
-    held = held_out_frames(store, config)
-    labels, gold = store.read_labels(), store.read_gold()
+def test_probe_split_never_mixes_sequences_and_holds_out_nothing_training_used(tmp_path):
+    """12 sequences of 10 frames: 0-9 crowd-labelled, with gold-only frames in 3 and 4 (mixed);
+    10 and 11 gold-only. Held out: training's validation sequences and the gold-only ones."""
+    n_seq, length = 12, 10
+    labels = np.full((n_seq * length, 2), -1, np.int16)
+    labels[: 10 * length] = np.random.default_rng(0).integers(0, 2, size=(10 * length, 2))
+    labels[3 * length: 3 * length + 4] = -1
+    labels[4 * length + 6: 5 * length] = -1
+    batch = Batch(sequence_names=[f"s{i:02d}" for i in range(n_seq)], sequence_lengths=np.full(n_seq, length),
+                  annotators=["a0", "a1"], classes=["x", "y"], labels=labels,
+                  gold=np.random.default_rng(1).integers(0, 2, n_seq * length).astype(np.int16),
+                  features=np.zeros((n_seq * length, 2), np.float32), sources={"labels": "split test"})
+    store = open_or_create(dataset_uri(tmp_path, "split"), StoreConfig(), batch.classes, None)
+    store.append(batch, progress=False)
+    config = PipelineConfig.model_validate({"name": "split", "source": {"kind": "demo"}})
+    held, split = probe_split(store, config)
+    per_seq = held.reshape(n_seq, length)
+    assert (per_seq.all(axis=1) | ~per_seq.any(axis=1)).all()  # a sequence is on one side only
+    assert not (held & split.train_frames).any()  # no label training used is held out
     val = split_sequences(store.offsets, (labels >= 0).any(axis=1), 0.2, 0)
-    gold_only = (gold >= 0) & ~(labels >= 0).any(axis=1)
-    assert np.array_equal(held, val | gold_only)  # items: a sequence is one frame
-    assert held.sum() == val.sum() + 400
+    expected = val.copy()
+    expected[[10, 11]] = True  # gold-only sequences
+    assert np.array_equal(per_seq[:, 0], expected)
+    assert not per_seq[3, 0] or val[3]  # mixed sequences stay on the training side unless validation
+    assert not per_seq[4, 0] or val[4]
 
 
 def test_frame_targets():
@@ -268,15 +275,18 @@ def test_embedding_drawn_frames_equals_embedding_everything(tmp_path):
     """Reading only the ranges around drawn frames gives what one pass over the store gives."""
     store = one_annotator_store(tmp_path, leak=False)
     torch.manual_seed(0)
-    enc = build_encoder(EncoderConfig(kind="temporal", temporal={"context_frames": 7, "blocks": 2}), 4).freeze()
+    encoders = {"temporal": build_encoder(EncoderConfig(kind="temporal", temporal={"context_frames": 7, "blocks": 2}),
+                                          4).freeze(),
+                "mlp": build_encoder(EncoderConfig(kind="mlp"), 4).freeze()}  # no context: the window is trimmed
     frames = np.sort(np.random.default_rng(0).choice(store.n_frames, 300, replace=False))
-    got = embed_frames({"raw": None, "temporal": enc}, store, frames, crop=16, device="cpu", batch_frames=200)
-    whole = read_range(store, 0, store.n_frames, enc.context, crop=16)
-    with torch.no_grad():
-        z = enc(torch.from_numpy(whole.x)).reshape(-1, enc.dim).numpy()
-    at = whole.frames.reshape(-1)
-    order = np.argsort(np.where(at >= 0, at, store.n_frames))[: store.n_frames]
-    assert np.allclose(got["temporal"], z[order][frames], atol=1e-5)
+    got = embed_frames({"raw": None, **encoders}, store, frames, crop=16, device="cpu", batch_frames=200)
+    for name, enc in encoders.items():
+        whole = read_range(store, 0, store.n_frames, enc.context, crop=16)
+        with torch.no_grad():
+            z = enc(torch.from_numpy(whole.x)).reshape(-1, enc.dim).numpy()
+        at = whole.frames.reshape(-1)
+        order = np.argsort(np.where(at >= 0, at, store.n_frames))[: store.n_frames]
+        assert np.allclose(got[name], z[order][frames], atol=1e-5), name
     assert np.array_equal(got["raw"], np.asarray(store.features[:])[frames])
 
 
