@@ -227,8 +227,8 @@ def probe_representations(config: PipelineConfig, root: Path, model_dirs: dict[s
 
     `model_dirs` maps `supervised` / `simclr_finetuned` to trained model folders; `simclr` is
     what `pretrain_encoder` returned (its `weights` are the pretrained encoder's state dict);
-    `model_run_ids` the MLflow runs that trained the models, kept in the summary. The table, figures and summary
-    are written to `<root>/probes/<dataset>/<key>/` (`summary["outputs"]`).
+    `model_run_ids` names the MLflow runs that trained the models. The table, figures and
+    summary are written to `<root>/probes/<dataset>/<key>/` (`summary["outputs"]`).
     """
     t_start = time.perf_counter()
     pc = config.probe
