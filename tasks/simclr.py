@@ -31,7 +31,15 @@ from storage.dataset_store import DatasetStore
 from tasks.augment import sequence_view, vector_view
 from tasks.encoders import Encoder, build_encoder, context_frames_each_side, resolve_kind
 from tasks.loader import ChunkReader, cut_crops, iter_batches, scan_features
-from tasks.train import atomic_save, epoch_seed, initial_encoder, one_cycle, pick_device, set_determinism
+from tasks.train import (
+    atomic_save,
+    autocast_for,
+    epoch_seed,
+    initial_encoder,
+    one_cycle,
+    pick_device,
+    set_determinism,
+)
 
 log = logging.getLogger(__name__)
 
@@ -150,8 +158,9 @@ def pretrain_simclr(store: DatasetStore, train: TrainConfig, config: SimCLRConfi
                 v1, v2 = (vector_view(x, std, config.augment, gen) for _ in range(2))
             for group in optimizer.param_groups:
                 group["lr"] = one_cycle((epoch + step / steps) / config.epochs, config.lr, config.warmup)
-            z1, z2 = (head(encoder(v.to(device))[:, 0]) for v in (v1, v2))
-            loss = nt_xent(z1, z2, config.temperature)
+            with autocast_for(device, train):
+                z1, z2 = (head(encoder(v.to(device))[:, 0]) for v in (v1, v2))
+                loss = nt_xent(z1, z2, config.temperature)  # float32 inside
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if config.grad_clip:

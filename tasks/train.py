@@ -193,7 +193,8 @@ def prepare(store: DatasetStore, config: TrainConfig, context: int, crop: int) -
 
 
 # ------------------------------------------------------------------------------ the loop
-def _autocast(device: str, config: TrainConfig):
+def autocast_for(device: str, config: TrainConfig) -> torch.autocast:
+    """bfloat16 autocast on CUDA when `mixed_precision`; a no-op on the CPU."""
     enabled = device == "cuda" and config.mixed_precision
     return torch.autocast(device_type="cuda" if device == "cuda" else "cpu", dtype=torch.bfloat16, enabled=enabled)
 
@@ -246,7 +247,7 @@ def train_step(trainee: Trainee, x: torch.Tensor, target: torch.Tensor, device: 
     for group in trainee.optimizer.param_groups:
         group["lr"] = lr
     net.train()
-    with _autocast(device, config):
+    with autocast_for(device, config):
         z = net.encoder(x)
         z = z.reshape(-1, z.shape[-1])
         keep = (target >= 0).any(dim=1) if target.dim() == 2 else target >= 0
@@ -289,7 +290,7 @@ def evaluate(trainees: list[Trainee], data: Data, reader: ChunkReader, config: T
         have = val_labels >= 0
         for t in trainees:
             a = acc[t.name]
-            with _autocast(device, config):
+            with autocast_for(device, config):
                 z = t.net.encoder(x)
                 z = z.reshape(-1, z.shape[-1])[keep_t]
                 if t.target is None:
