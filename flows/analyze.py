@@ -13,6 +13,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from configs.schema import load_config
 from storage.tracking.analyze import record_analysis, run_link
 from tasks.analyze import analyze_task, summary_markdown
+from tasks.clustering import cluster_members
 
 
 @flow(name="analyze", validate_parameters=False)
@@ -53,11 +54,8 @@ def cli_print(summary: dict[str, Any]) -> None:
     print(f"dataset {summary['dataset']}: {n} annotators grouped by {summary['method']} "
           f"({summary['metric']}, {summary['linkage_method']} linkage)")
     for k, assignment in summary["clusters"].items():
-        groups: dict[int, list[str]] = {}
-        for annotator, c in assignment.items():
-            groups.setdefault(c, []).append(annotator)
         shown = "; ".join(f"{c} ({len(m)}): {', '.join(m[:8])}{' ...' if len(m) > 8 else ''}"
-                          for c, m in sorted(groups.items()))
+                          for c, m in cluster_members(assignment).items())
         print(f"  k={k}  {shown}")
     if summary.get("cophenetic_correlation") is not None:
         print(f"  predictions tree vs embeddings tree: cophenetic correlation "

@@ -33,8 +33,8 @@ from storage.tracking.ingest import record_ingest
 from storage.tracking.predict import record_predict
 from storage.tracking.train import record_train
 from tasks.analyze import analyze_task
+from tasks.clustering import cluster_line
 from tasks.ingest import ingest_task
-from tasks.model import set_model_run_id
 from tasks.predict import predict_task
 from tasks.train import train_task
 
@@ -143,15 +143,10 @@ def pipeline_flow(config_path: str, root: str, force: list[str] | None = None,
             summaries[stage] = summary
             return summary
 
-        def record_model(summary: dict[str, Any]) -> str:
-            run_id = record_train(root_path, config_dict, summary, Path(config_path))
-            if summary.get("model_dir"):  # the model knows the run that logged it (predict, probe read it)
-                set_model_run_id(Path(summary["model_dir"]), run_id)
-            return run_id
-
         train = run("train", train_task, [version, config_dict["train"]],
                     lambda s: s.get("model_dir") is None or Path(s["model_dir"]).exists(),
-                    record_model, config, root_path)
+                    lambda s: record_train(root_path, config_dict, s, Path(config_path)),
+                    config, root_path)
         # the stores' location is part of the key: a moved `store.uri_prefix` is not the same output
         analysis_inputs: list[Any] = [version, config_dict["analyze"], ingest["store"]]
         if train.get("model_dir"):
@@ -212,10 +207,7 @@ def cli_print(summary: dict[str, Any]) -> None:
         print(f"  model: validation accuracy {m['val_accuracy']:.3f}")
     print(f"annotator clusters ({summary['method']}):")
     for k, assignment in summary["clusters"].items():
-        groups: dict[int, list[str]] = {}
-        for annotator, c in assignment.items():
-            groups.setdefault(c, []).append(annotator)
-        print(f"  k={k}: " + " | ".join(", ".join(m) for _, m in sorted(groups.items())))
+        print(f"  k={k}: {cluster_line(assignment)}")
     truth = (summary.get("ari_vs_truth") or {}).get("distances")
     if truth:
         print(f"  adjusted Rand index against the true style groups (k={truth['true_k']}): {truth['at_true_k']:.3f}")

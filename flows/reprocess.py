@@ -31,6 +31,7 @@ from storage.tracking.finetune import record_finetune
 from storage.tracking.ingest import record_ingest
 from storage.tracking.predict import record_predict
 from tasks.analyze import analysis_dir, analyze_task
+from tasks.clustering import cluster_line
 from tasks.finetune import finetune_task
 from tasks.ingest import ingest_task
 from tasks.model import SPEC
@@ -144,8 +145,5 @@ def cli_print(summary: dict[str, Any]) -> None:
     for line in summary["recomputed"]:
         print(f"  recomputed: {line}")
     for k, assignment in (summary.get("clusters") or {}).items():
-        groups: dict[int, list[str]] = {}
-        for annotator, c in assignment.items():
-            groups.setdefault(c, []).append(annotator)
-        print(f"  k={k}: " + " | ".join(", ".join(m) for _, m in sorted(groups.items())))
+        print(f"  k={k}: {cluster_line(assignment)}")
     print(f"  MLflow parent run {summary['mlflow_run_id']}")

@@ -13,7 +13,7 @@ from prefect import flow
 from configs.schema import PipelineConfig, load_config
 from storage.dataset_store import DatasetStore, dataset_uri
 from storage.tracking.train import record_train
-from tasks.model import SPEC, set_model_run_id
+from tasks.model import SPEC
 from tasks.train import MAIN, SUMMARY, run_folder, train_key, train_task
 
 log = logging.getLogger(__name__)
@@ -26,13 +26,12 @@ def train_flow(config_path: str, root: str) -> dict[str, Any]:
 
 
 def train_and_record(config: PipelineConfig, root: Path, config_path: Path | None) -> dict[str, Any]:
-    """The train task, then its MLflow run; the run id goes into the model's spec."""
+    """The train task, then its MLflow run (which writes its id into the model's spec)."""
     summary = train_task(config, root)
     run_id = record_train(root, config.model_dump(mode="json"), summary, config_path)
     summary["mlflow_run_id"] = run_id
     if summary["model_dir"]:
         summary["model_run_id"] = run_id
-        set_model_run_id(Path(summary["model_dir"]), run_id)
     return summary
 
 

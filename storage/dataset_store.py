@@ -99,6 +99,7 @@ class DatasetStore:
             raise InputError(uri, "format", attrs.get("format"), "not an annostyle dataset store")
         self.manifest: dict[str, Any] = attrs["manifest"]
         self.pending: dict[str, Any] | None = attrs.get("pending")
+        self._offsets: tuple[str, np.ndarray] | None = None  # (version, offsets)
         batches = self.manifest["batches"]
         if version is None:
             self.batch_count = len(batches)
@@ -198,9 +199,15 @@ class DatasetStore:
 
     @property
     def offsets(self) -> np.ndarray:
+        """Sequence i is frames [offsets[i], offsets[i + 1]); read once per version (read-only)."""
         if not self.batch_count:
             return np.zeros(1, dtype=np.int64)
-        return self.group["offsets"][: self.n_sequences + 1]
+        cached = self._offsets
+        if cached is None or cached[0] != self.version:
+            offsets = self.group["offsets"][: self.n_sequences + 1]
+            offsets.flags.writeable = False
+            cached = self._offsets = (self.version, offsets)
+        return cached[1]
 
     @property
     def sequence_names(self) -> np.ndarray:

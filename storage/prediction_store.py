@@ -43,7 +43,6 @@ import io
 import json
 import math
 import os
-import uuid
 from collections.abc import Mapping, MutableMapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -56,6 +55,7 @@ import zarr
 from configs.analyze import PredictConfig
 from storage.dataset_store import blosc
 from storage.errors import InputError
+from storage.files import atomic_write_bytes
 from storage.location import is_local, local_path, store_uri
 
 FORMAT = "annostyle.predictions"
@@ -251,14 +251,9 @@ class PredictionStore:
                           config, attrs, overwrite=True)
 
     def _set_dataset_version(self, version: str) -> None:
-        attrs = dict(self.group.attrs)
-        attrs["dataset_version"] = version
-        attrs["offsets_source"] = f"{attrs['dataset_store']}#offsets@{version}"
+        attrs = _with_dataset_version(dict(self.group.attrs), version)
         self.group.attrs.put(attrs)
         self.attrs = attrs
-
-    def reload(self) -> None:
-        self.attrs = dict(self.group.attrs)
 
     # ------------------------------------------------------------- properties
     n_frames = property(lambda self: int(self.attrs["n_frames"]))
@@ -393,10 +388,10 @@ class PredictionStore:
         attrs = dict(self.group.attrs)
         attrs["n_frames"] = stop
         attrs["segments"] = [*attrs["segments"], [start, stop]]
-        self.group.attrs.put(attrs)
-        self.attrs = attrs
         if dataset_version is not None:
-            self._set_dataset_version(str(dataset_version))
+            attrs = _with_dataset_version(attrs, str(dataset_version))
+        self.group.attrs.put(attrs)  # one commit: the new frames and the version they come from
+        self.attrs = attrs
         return start, stop
 
     # ---------------------------------------------------------- partial sums
@@ -489,13 +484,13 @@ class PredictionStore:
                     seq_dir = folder / quote(name, safe="")
                     seq_dir.mkdir(exist_ok=True)
                     for annotator, payload in entry.items():
-                        _atomic_write(seq_dir / f"{quote(annotator, safe='')}.npz", payload)
+                        atomic_write_bytes(seq_dir / f"{quote(annotator, safe='')}.npz", payload)
                     index["sequences"].append({"name": name, "folder": quote(name, safe=""),
                                                "frames": [int(offsets[i]), int(offsets[i + 1])]})
             s = e
         if folder is not None:
             index["files"] = {a: f"{quote(a, safe='')}.npz" for a in annotators}
-            _atomic_write(folder / "index.json", json.dumps(index, indent=1).encode())
+            atomic_write_bytes(folder / "index.json", json.dumps(index, indent=1).encode())
         return {"sequences": n_seq, "files": files, "bytes": total,
                 "dest": str(folder) if folder is not None else "<mapping>"}
 
@@ -525,11 +520,12 @@ def _n_chunks(n_frames: int, chunk: int) -> int:
     return max(1, -(-n_frames // chunk))
 
 
+def _with_dataset_version(attrs: dict[str, Any], version: str) -> dict[str, Any]:
+    """Attributes that say the store follows the dataset store at `version`."""
+    return {**attrs, "dataset_version": version, "offsets_source": f"{attrs['dataset_store']}#offsets@{version}"}
+
+
 def _partial_name(stat: str, start: int, stop: int) -> str:
     return f"{stat}_{int(start)}_{int(stop)}"
 
 
-def _atomic_write(path: Path, payload: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.partial")
-    tmp.write_bytes(payload)
-    tmp.replace(path)

@@ -222,13 +222,14 @@ def _trees_summary(matrix: np.ndarray, annotators: list[str], cfg: AnalyzeConfig
     trees = {m: clustering.tree(matrix, m) for m in cfg.linkage}
     if "ward" in trees and not euclidean:
         warnings.append("ward linkage assumes euclidean distances; its merge heights are not variances here")
+    by_method = {m: clustering.clusters_by_k(z, annotators, cfg.ks) for m, z in trees.items()}
     summary: dict[str, Any] = {
         "annotators": annotators,
         "distance_matrix": matrix.tolist(),
         "linkage_method": primary,
         "linkage": trees[primary].tolist(),
-        "clusters": clustering.clusters_by_k(trees[primary], annotators, cfg.ks),
-        "clusters_by_method": {m: clustering.clusters_by_k(z, annotators, cfg.ks) for m, z in trees.items()},
+        "clusters": by_method[primary],
+        "clusters_by_method": by_method,
         "tree_fit": {m: clustering.tree_fit(z, matrix) for m, z in trees.items()},
         "ari_vs_truth": None,
     }
@@ -288,11 +289,9 @@ def summary_markdown(summary: dict[str, Any], run_link: str | None = None) -> st
              f"Distances from **{summary['method']}** ({summary['metric']}), "
              f"{len(summary['annotators'])} annotators, {summary['linkage_method']} linkage.", ""]
     for k, assignment in summary["clusters"].items():
-        groups: dict[int, list[str]] = {}
-        for annotator, c in assignment.items():
-            groups.setdefault(c, []).append(annotator)
         lines.append(f"**k = {k}**")
-        lines += [f"- cluster {c}: {', '.join(members)}" for c, members in sorted(groups.items())]
+        lines += [f"- cluster {c}: {', '.join(members)}" for c, members in
+                  clustering.cluster_members(assignment).items()]
         lines.append("")
     if summary.get("cophenetic_correlation") is not None:
         lines.append(f"Cophenetic correlation, predictions tree vs embeddings tree: "

@@ -22,6 +22,23 @@ from scipy.spatial.distance import pdist, squareform
 from sklearn.metrics import adjusted_rand_score
 
 
+def cluster_members(assignment: Mapping[str, int]) -> dict[int, list[str]]:
+    """The annotators of each cluster (in the assignment's order), clusters in id order.
+
+    >>> cluster_members({"a": 1, "b": 0, "c": 1})
+    {0: ['b'], 1: ['a', 'c']}
+    """
+    groups: dict[int, list[str]] = {}
+    for annotator, c in assignment.items():
+        groups.setdefault(int(c), []).append(annotator)
+    return dict(sorted(groups.items()))
+
+
+def cluster_line(assignment: Mapping[str, int]) -> str:
+    """One cut on one line: `a, c | b`."""
+    return " | ".join(", ".join(m) for m in cluster_members(assignment).values())
+
+
 def condensed(matrix: np.ndarray) -> np.ndarray:
     """The condensed form of a square distance matrix (symmetrised, zero diagonal)."""
     sym = 0.5 * (np.asarray(matrix, np.float64) + np.asarray(matrix, np.float64).T)

@@ -12,7 +12,6 @@ version it was trained on and the MLflow run that logged it).
 from __future__ import annotations
 
 import json
-import os
 import threading
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from torch import nn
 from configs.train import EncoderConfig, HeadConfig
 from storage.dataset_store import DatasetStore
 from storage.errors import InputError
+from storage.files import atomic_write, atomic_write_json
 from tasks.encoders import Encoder, build_encoder
 from tasks.heads import AnnotatorHead, ClassifierHead, build_head
 from tasks.loader import ChunkCache, read_range
@@ -61,17 +61,14 @@ class BaselineNet(nn.Module):
 def save_model(net: CrowdNet, spec: dict[str, Any], model_dir: Path) -> Path:
     """Write weights and spec; the spec last, atomically: a folder with model.json is complete."""
     model_dir.mkdir(parents=True, exist_ok=True)
-    tmp = model_dir / f".{WEIGHTS}.tmp"
-    torch.save({k: v.detach().cpu() for k, v in net.state_dict().items()}, tmp)
-    os.replace(tmp, model_dir / WEIGHTS)
+    state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
+    atomic_write(model_dir / WEIGHTS, lambda tmp: torch.save(state, tmp))
     write_spec(model_dir, spec)
     return model_dir
 
 
 def write_spec(model_dir: Path, spec: dict[str, Any]) -> None:
-    tmp = model_dir / f".{SPEC}.tmp"
-    tmp.write_text(json.dumps(spec, indent=2, default=str))
-    os.replace(tmp, model_dir / SPEC)
+    atomic_write_json(model_dir / SPEC, spec, indent=2, default=str)
 
 
 def set_model_run_id(model_dir: Path, run_id: str) -> None:

@@ -31,8 +31,10 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from configs.schema import PipelineConfig
+from configs.train import TrainConfig
 from storage.dataset_store import DatasetStore, dataset_uri
 from storage.errors import InputError, retry_unless_bad_input
+from storage.files import atomic_write_json
 from tasks import figures
 from tasks.aggregate import CrowdAggregate
 from tasks.encoders import Encoder, context_frames_each_side, resolve_kind
@@ -58,7 +60,8 @@ def open_for_probe(config: PipelineConfig, root: Path) -> DatasetStore:
     return store
 
 
-def probe_split(store: DatasetStore, config: PipelineConfig) -> tuple[np.ndarray, FrameSplit]:
+def probe_split(labels: np.ndarray, gold: np.ndarray, offsets: np.ndarray,
+                train: TrainConfig) -> tuple[np.ndarray, FrameSplit]:
     """Bool per frame, true where the frame's sequence is held out from the probes; and training's split.
 
     Held out: training's validation sequences and the sequences holding gold-only test frames
@@ -66,8 +69,7 @@ def probe_split(store: DatasetStore, config: PipelineConfig) -> tuple[np.ndarray
     frames stays on the probes' training side, so no held-out label was trained on (training
     only chose its best epoch on the validation labels).
     """
-    offsets = store.offsets
-    split = split_frames(store.read_labels(), store.read_gold(), offsets, config.train)
+    split = split_frames(labels, gold, offsets, train)
     lengths = np.diff(offsets)
     trained_on = np.add.reduceat(split.train_frames.astype(np.int64), offsets[:-1]) > 0 if len(lengths) \
         else np.zeros(0, bool)
@@ -210,7 +212,7 @@ def pretrain_encoder(config: PipelineConfig, root: Path) -> dict[str, Any]:
     after a crash resumes from the last epoch.
     """
     store = open_for_probe(config, root)
-    held_out, _ = probe_split(store, config)
+    held_out, _ = probe_split(store.read_labels(), store.read_gold(), store.offsets, config.train)
     key = simclr_key(store.version, config.train, config.probe.simclr, config.probe.seed, held_out)
     folder = run_folder(root, config.name, f"simclr-{key}")
     log.info("SimCLR pretraining on %d frames (%d held-out frames left out) in %s", (~held_out).sum(),
@@ -236,7 +238,7 @@ def probe_representations(config: PipelineConfig, root: Path, model_dirs: dict[s
     device = pick_device(config.train)
     set_determinism(config.train, device)
     labels, gold = store.read_labels(), store.read_gold()
-    held_out, split = probe_split(store, config)
+    held_out, split = probe_split(labels, gold, store.offsets, config.train)
     longest = int(np.diff(store.offsets).max())
     kind = resolve_kind(config.train.encoder, longest)
     crop = 1 if longest == 1 else config.train.loader.crop_frames
@@ -341,10 +343,7 @@ def write_outputs(summary: dict[str, Any], out: Path) -> None:
 
 def save_summary(summary: dict[str, Any]) -> None:
     """The summary as `summary.json` in its outputs folder (again once the MLflow run id is known)."""
-    path = Path(summary["outputs"]) / "summary.json"
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(summary, indent=2, default=float))
-    tmp.replace(path)
+    atomic_write_json(Path(summary["outputs"]) / "summary.json", summary, indent=2, default=float)
 
 
 pretrain_task = task(pretrain_encoder, name="pretrain-simclr", retries=1, retry_delay_seconds=[2],

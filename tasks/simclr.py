@@ -28,6 +28,7 @@ from torch import nn
 from configs.probe import SimCLRConfig
 from configs.train import TrainConfig
 from storage.dataset_store import DatasetStore
+from storage.files import atomic_write_json
 from tasks.augment import sequence_view, vector_view
 from tasks.encoders import Encoder, build_encoder, context_frames_each_side, resolve_kind
 from tasks.loader import ChunkReader, cut_crops, iter_batches, scan_features
@@ -106,8 +107,9 @@ def pretrain_simclr(store: DatasetStore, train: TrainConfig, config: SimCLRConfi
     device = pick_device(train)
     set_determinism(train, device)
     offsets = store.offsets
-    sequences = int(np.diff(offsets).max()) > 1
-    kind = resolve_kind(train.encoder, int(np.diff(offsets).max()))
+    longest = int(np.diff(offsets).max())
+    sequences = longest > 1
+    kind = resolve_kind(train.encoder, longest)
     enc_cfg = train.encoder.model_copy(update={"weights": None, "frozen": False})
     context = context_frames_each_side(enc_cfg, kind)
     shift = config.augment.time_shift if sequences else 0
@@ -189,8 +191,7 @@ def pretrain_simclr(store: DatasetStore, train: TrainConfig, config: SimCLRConfi
                "final_loss": history[-1]["loss"] if history else None,
                "chance_loss": float(np.log(2 * config.batch - 1)),
                "seconds": time.perf_counter() - t_start}
-    (folder / f".{SUMMARY}.tmp").write_text(json.dumps(summary, indent=2))
-    (folder / f".{SUMMARY}.tmp").replace(folder / SUMMARY)
+    atomic_write_json(folder / SUMMARY, summary, indent=2)
     return summary
 
 

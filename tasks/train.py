@@ -43,10 +43,19 @@ from configs.schema import PipelineConfig
 from configs.train import EncoderConfig, TrainConfig
 from storage.dataset_store import DatasetStore, dataset_uri
 from storage.errors import InputError, retry_unless_bad_input
+from storage.files import atomic_write, atomic_write_json
 from tasks.aggregate import CrowdAggregate, accuracy, aggregator_report
 from tasks.encoders import Encoder, build_encoder, context_frames_each_side, resolve_kind
 from tasks.heads import ClassifierHead, build_head
-from tasks.loader import ChunkReader, FeatureScan, cut_crops, iter_batches, keep_crops_with, scan_features
+from tasks.loader import (
+    ChunkReader,
+    Crops,
+    FeatureScan,
+    cut_crops,
+    iter_batches,
+    keep_crops_with,
+    scan_features,
+)
 from tasks.model import BaselineNet, CrowdNet, save_model
 
 log = logging.getLogger(__name__)
@@ -150,6 +159,7 @@ class Data:
     crop: int
     context: int
     scan: FeatureScan | None = None
+    eval_crops: Crops | None = None  # the validation and test crops, the same every epoch
 
 
 @dataclass(frozen=True)
@@ -189,6 +199,8 @@ def prepare(store: DatasetStore, config: TrainConfig, context: int, crop: int) -
     data.scan = scan_features(store.features, offsets, context, data.train_frames)
     log.info("read %d frames x %d features for statistics and halos in %.1f s", store.n_frames,
              data.scan.n_features, data.scan.seconds)
+    data.eval_crops = keep_crops_with(cut_crops(offsets, data.scan.chunk, crop, data.eval_sequences),
+                                      data.val_frames | data.test_frames)
     return data
 
 
@@ -269,8 +281,6 @@ def evaluate(trainees: list[Trainee], data: Data, reader: ChunkReader, config: T
     labels (a baseline gives its one prediction for everyone); consensus accuracy compares the
     consensus with gold on validation and test frames; test accuracy on test frames only.
     """
-    crops = cut_crops(data.offsets, data.scan.chunk, data.crop, data.eval_sequences)
-    crops = keep_crops_with(crops, data.val_frames | data.test_frames)
     n_ann = data.labels.shape[1]
     acc = {t.name: {"loss": 0.0, "n_loss": 0, "correct": np.zeros(n_ann), "count": np.zeros(n_ann), "cons": []}
            for t in trainees}
@@ -278,7 +288,7 @@ def evaluate(trainees: list[Trainee], data: Data, reader: ChunkReader, config: T
     batch_crops = max(1, batch_frames(config, data.crop) * 4 // data.crop)
     for t in trainees:
         t.net.eval()
-    for batch in iter_batches(reader, crops, data.offsets, data.crop, batch_crops, 1, None):
+    for batch in iter_batches(reader, data.eval_crops, data.offsets, data.crop, batch_crops, 1, None):
         x = torch.from_numpy(batch.x).to(device)
         frames = batch.frames.reshape(-1)
         keep = frames >= 0
@@ -368,9 +378,7 @@ def build_trainees(config: TrainConfig, data: Data, kind: str, n_annotators: int
 
 def atomic_save(obj: Any, path: Path) -> None:
     """torch.save to a temporary file, then rename: a crash leaves the old file or the new one."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def epoch_seed(*keys: int) -> int:
@@ -451,8 +459,7 @@ def fit(trainees: list[Trainee], data: Data, config: TrainConfig, device: str, f
                     log.info("%s: early stop after epoch %d (best epoch %d)", t.name, epoch + 1, t.best_epoch + 1)
             entry[t.name] = m
         history.append(entry)
-        (folder / f".{HISTORY}.tmp").write_text(json.dumps(history, default=float))
-        os.replace(folder / f".{HISTORY}.tmp", folder / HISTORY)
+        atomic_write_json(folder / HISTORY, history, default=float)
         atomic_save({"epoch": epoch, "trainees": {t.name: t.state() for t in trainees}}, ckpt_path)
         epoch_times.append(time.perf_counter() - t0)
         left = opt.max_epochs - epoch - 1
@@ -494,7 +501,7 @@ def train_model(config: PipelineConfig, root: Path) -> dict[str, Any]:
         raise InputError(uri, None, store.version, "the dataset store is empty (run `annostyle ingest` first)")
     if not store.has_features:
         return label_only_summary(config, store)
-    if (store.read_labels() >= 0).sum() == 0:
+    if store.n_labels == 0:  # the manifest counts them: no need to read the labels here
         raise InputError(uri, "labels", 0, "no crowd labels to train on")
     device = pick_device(cfg)
     set_determinism(cfg, device)

@@ -154,7 +154,7 @@ def test_probe_split_never_mixes_sequences_and_holds_out_nothing_training_used(t
     store = open_or_create(dataset_uri(tmp_path, "split"), StoreConfig(), batch.classes, None)
     store.append(batch, progress=False)
     config = PipelineConfig.model_validate({"name": "split", "source": {"kind": "demo"}})
-    held, split = probe_split(store, config)
+    held, split = probe_split(store.read_labels(), store.read_gold(), store.offsets, config.train)
     per_seq = held.reshape(n_seq, length)
     assert (per_seq.all(axis=1) | ~per_seq.any(axis=1)).all()  # a sequence is on one side only
     assert not (held & split.train_frames).any()  # no label training used is held out

@@ -122,16 +122,14 @@ def log_metrics(metrics: Mapping[str, float | int | None], step: int | None = No
     mlflow.log_metrics({k: float(v) for k, v in metrics.items() if v is not None}, step=step)
 
 
-
 @contextmanager
 def parent_run(root: Path, dataset: str, name: str, config: Mapping[str, Any],
                tags: Mapping[str, str]) -> Iterator[mlflow.ActiveRun]:
-    """The parent run of one pipeline or reprocess run; stage runs started inside nest under it."""
-    use_root(root)
-    experiment = experiment_for(dataset, root)
-    with mlflow.start_run(experiment_id=experiment, run_name=f"{name}:{dataset}") as run:
-        mlflow.set_tags({"annostyle.stage": name, "annostyle.dataset": dataset, **tags})
-        mlflow.log_params({k: str(v)[:6000] for k, v in flatten(config).items()})
+    """The parent run of one pipeline or reprocess run; stage runs started inside nest under it.
+
+    A stage run started with no run active (MLflow refuses a second top-level run).
+    """
+    with stage_run(root, dataset, name, config, tags) as run:
         yield run
 
 

@@ -17,7 +17,7 @@ from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 
 PARENT_STAGES = ("pipeline", "reprocess")
-KEY_METRICS = ("MV.consensus_accuracy", "DS.consensus_accuracy", "n_annotators", "cophenetic_correlation", "ari_vs_truth_distances", "ari_vs_truth_embeddings",
+KEY_METRICS = ("n_annotators", "cophenetic_correlation", "ari_vs_truth_distances", "ari_vs_truth_embeddings",
                "final.val_accuracy", "final.val_loss", "val_accuracy", "n_low_overlap_pairs", "seconds")
 
 
@@ -123,12 +123,6 @@ def list_runs(tracking_uri: str, limit: int = 20, dataset: str | None = None) ->
     """Recent pipeline and reprocess runs, newest first, each described by `describe_run`."""
     client = MlflowClient(tracking_uri=tracking_uri)
     return [describe_run(client, run) for run in parent_runs(client, limit, dataset)]
-
-
-def get_run_record(tracking_uri: str, run_id: str) -> dict[str, Any]:
-    """`describe_run` of one parent run given its id."""
-    client = MlflowClient(tracking_uri=tracking_uri)
-    return describe_run(client, client.get_run(run_id))
 
 
 def _groups(assignment: Mapping[str, int]) -> list[list[str]]:

@@ -54,7 +54,8 @@ def epoch_metrics(entry: Mapping[str, Any], main: str = "model") -> dict[str, fl
 
 def record_train(root: Path, config: Mapping[str, Any], summary: Mapping[str, Any],
                  config_path: Path | None = None) -> str:
-    """One MLflow run for one training (or aggregation-only) run; returns its run id."""
+    """One MLflow run for one training (or aggregation-only) run; returns its run id, which is
+    also written into the model's spec (predict and probe read it from there)."""
     dataset = summary["dataset"]
     tags = {"annostyle.version": summary["version"], "annostyle.store": summary["store"],
             "annostyle.head": str(summary["head"]), "annostyle.device": str(summary["device"])}
@@ -71,6 +72,10 @@ def record_train(root: Path, config: Mapping[str, Any], summary: Mapping[str, An
         else:
             _record_model(summary)
         mlflow.log_dict(json.loads(json.dumps(dict(summary), default=str)), "summary.json")
+        if summary.get("model_dir"):
+            from tasks.model import set_model_run_id
+
+            set_model_run_id(Path(summary["model_dir"]), run.info.run_id)
         return run.info.run_id
 
 
