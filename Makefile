@@ -3,7 +3,6 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 ROOT   ?= .annostyle
-export PREFECT_HOME ?= $(CURDIR)/.prefect
 
 .PHONY: setup demo test test-slow lint bench lock clean figure
 
@@ -34,8 +33,12 @@ test: setup
 test-slow: setup
 	$(VENV)/bin/pytest -m slow
 
+# ruff, the import contracts in pyproject.toml (flows -> tasks -> storage -> configs -> errors;
+# Prefect only in flows, Zarr / fsspec / MLflow only in storage) and the type check
 lint: setup
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy
 
 bench: setup
 	$(PY) benchmarks/ingest.py
@@ -54,4 +57,4 @@ lock: setup
 	$(PY) -m pip freeze --exclude-editable | grep -v '^torch==' > requirements.lock
 
 clean:
-	rm -rf $(VENV) $(ROOT) .prefect
+	rm -rf $(VENV) $(ROOT)

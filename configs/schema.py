@@ -24,7 +24,7 @@ from configs.analyze import AnalyzeConfig, PredictConfig
 from configs.base import CodecConfig, Strict, resolve_path
 from configs.probe import ProbeConfig
 from configs.train import TrainConfig
-from storage.errors import InputError
+from errors import InputError
 from storage.location import check_prefix, redact
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")

@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     apply_defaults(args.root)
     setup_logging()
     from configs.schema import load_config
-    from storage.errors import InputError
+    from errors import InputError
 
     try:
         if args.command not in NO_CONFIG:

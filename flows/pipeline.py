@@ -25,7 +25,7 @@ from prefect.cache_policies import CacheKeyFnPolicy
 from configs.schema import load_config
 from flows.analyze import publish_clusters
 from storage.dataset_store import DatasetStore
-from storage.errors import InputError
+from errors import InputError
 from storage.prediction_store import PredictionStore
 from storage.tracking import parent_run, stage_record, stage_run
 from storage.tracking.analyze import record_analysis

@@ -23,7 +23,7 @@ from prefect import flow
 from configs.schema import config_for_batch, load_config
 from flows.analyze import publish_clusters
 from storage.dataset_store import DatasetStore
-from storage.errors import InputError
+from errors import InputError
 from storage.prediction_store import PredictionStore, prediction_uri
 from storage.tracking import parent_run, stage_record
 from storage.tracking.analyze import record_analysis

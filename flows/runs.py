@@ -8,7 +8,7 @@ from typing import Any
 
 from mlflow.exceptions import MlflowException
 
-from storage.errors import InputError
+from errors import InputError
 from storage.tracking import tracking_uri
 from storage.tracking.runs import diff_runs, list_runs
 

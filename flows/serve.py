@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from flows.settings import DEFAULT_ROOT, apply_defaults, setup_logging
-from storage.errors import InputError
+from errors import InputError
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from storage.errors import InputError
+from errors import InputError
 
 
 def server_command(root: Path, port: int, host: str = "127.0.0.1") -> list[str]:

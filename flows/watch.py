@@ -38,7 +38,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from storage.errors import InputError
+from errors import InputError
 
 log = logging.getLogger(__name__)
 

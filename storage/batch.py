@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from storage.errors import InputError
+from errors import InputError
 
 MISSING = -1
 

@@ -43,7 +43,7 @@ from zarr.codecs import BloscCodec
 from configs.base import CodecConfig
 from configs.schema import StoreConfig
 from storage.batch import MISSING, Batch
-from storage.errors import InputError
+from errors import InputError
 from storage.location import is_local, local_path, store_uri
 
 log = logging.getLogger(__name__)

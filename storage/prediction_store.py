@@ -54,7 +54,7 @@ import zarr
 
 from configs.analyze import PredictConfig
 from storage.dataset_store import blosc
-from storage.errors import InputError
+from errors import InputError
 from storage.files import atomic_write_bytes
 from storage.location import is_local, local_path, store_uri
 

@@ -19,7 +19,8 @@ from prefect.cache_policies import NO_CACHE
 
 from configs.schema import PipelineConfig
 from storage.dataset_store import DatasetStore
-from storage.errors import InputError, retry_unless_bad_input
+from errors import InputError
+from flows.retry import retry_unless_bad_input
 from tasks.model import load_model, save_model
 from tasks.train import run_folder
 

@@ -11,7 +11,8 @@ from prefect.cache_policies import NO_CACHE
 from configs.schema import PipelineConfig
 from storage.batch import class_key
 from storage.dataset_store import DatasetStore, dataset_uri, open_or_create
-from storage.errors import InputError, retry_unless_bad_input
+from errors import InputError
+from flows.retry import retry_unless_bad_input
 from storage.location import remove_store
 
 

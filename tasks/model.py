@@ -22,7 +22,7 @@ from torch import nn
 
 from configs.train import EncoderConfig, HeadConfig
 from storage.dataset_store import DatasetStore
-from storage.errors import InputError
+from errors import InputError
 from storage.files import atomic_write, atomic_write_json
 from tasks.encoders import Encoder, build_encoder
 from tasks.heads import AnnotatorHead, ClassifierHead, build_head

@@ -22,7 +22,7 @@ from prefect.cache_policies import NO_CACHE
 
 from configs.schema import PipelineConfig
 from storage.dataset_store import DatasetStore, dataset_uri
-from storage.errors import InputError
+from errors import InputError
 from storage.prediction_store import PredictionStore, prediction_uri
 from tasks.distances import dask_scheduler
 from tasks.model import SPEC, WEIGHTS, TrainedModel, load_model

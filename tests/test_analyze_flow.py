@@ -24,7 +24,7 @@ from configs.schema import load_config
 from flows.analyze import analyze_flow
 from flows.cli import main
 from storage.dataset_store import DatasetStore
-from storage.errors import InputError
+from errors import InputError
 from storage.prediction_store import PredictionStore, prediction_uri
 from tasks.analyze import analyze
 from tasks.ingest import ingest

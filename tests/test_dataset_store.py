@@ -8,7 +8,7 @@ from conftest import make_batch, tree_digest
 
 from configs.schema import StoreConfig
 from storage.dataset_store import EMPTY_VERSION, DatasetStore, open_or_create
-from storage.errors import InputError
+from errors import InputError
 
 
 @pytest.fixture

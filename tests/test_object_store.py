@@ -26,7 +26,7 @@ from conftest import CONFIGS, make_batch
 
 from configs.schema import StoreConfig, load_config
 from storage.dataset_store import DatasetStore, dataset_uri, open_or_create
-from storage.errors import InputError
+from errors import InputError
 from storage.location import remove_store
 from storage.prediction_store import PredictionStore, prediction_uri
 from tasks.analyze import analyze

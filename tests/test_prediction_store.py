@@ -20,7 +20,7 @@ from conftest import PROJECT
 from test_distances import ATTRS, fill_store, planted_logits, reference, relative_error
 
 from configs.analyze import PredictConfig
-from storage.errors import InputError
+from errors import InputError
 from storage.prediction_store import PredictionStore, auto_chunk_frames, prediction_uri
 from tasks.clustering import cut, tree
 from tasks.distances import store_distances

@@ -18,7 +18,7 @@ from configs.schema import PipelineConfig, StoreConfig, load_config
 from configs.train import EncoderConfig
 from storage.batch import Batch
 from storage.dataset_store import dataset_uri, open_or_create
-from storage.errors import InputError
+from errors import InputError
 from tasks.augment import sequence_view, vector_view
 from tasks.encoders import build_encoder
 from tasks.loader import read_range

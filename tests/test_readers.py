@@ -14,7 +14,7 @@ import yaml
 
 from configs.schema import PipelineConfig, TracksSource, load_config
 from storage.batch import Batch
-from storage.errors import InputError
+from errors import InputError
 from tasks.readers import read_source, read_tracks
 from tasks.readers.common import encode_labels
 

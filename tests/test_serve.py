@@ -27,7 +27,7 @@ import yaml
 from conftest import CONFIGS, PROJECT, make_batch
 
 from flows import watch as w
-from storage.errors import InputError
+from errors import InputError
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 TABLE_CONFIG = "name: toy\nsource:\n  kind: table\n  path: labels.csv\n"

@@ -12,7 +12,7 @@ from conftest import CONFIGS, make_batch
 from configs.schema import PipelineConfig, StoreConfig, load_config
 from configs.train import EncoderConfig, HeadConfig, TrainConfig
 from storage.dataset_store import dataset_uri, open_or_create
-from storage.errors import InputError
+from errors import InputError
 from tasks.aggregate import CrowdAggregate, aggregator_report, long_table
 from tasks.conal import ConalHead
 from tasks.encoders import MLPEncoder, TemporalConvEncoder, build_encoder, dilations

@@ -12,7 +12,6 @@ import os
 import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import mlflow
@@ -20,29 +19,31 @@ from mlflow.data.dataset_source import DatasetSource
 from mlflow.data.dataset_source_registry import resolve_dataset_source
 from mlflow.data.meta_dataset import MetaDataset
 
+from storage.layout import RootLayout
+
 # Read once, before anything here calls mlflow.set_tracking_uri (which writes this variable).
 SERVER_URI = os.environ.get("MLFLOW_TRACKING_URI")
 
 
-def tracking_uri(root: Path) -> str:
+def tracking_uri(layout: RootLayout) -> str:
     """The tracking URI runs go to: MLFLOW_TRACKING_URI as the process started, else `<root>/mlflow.db`."""
-    return SERVER_URI or f"sqlite:///{Path(root).resolve() / 'mlflow.db'}"
+    return SERVER_URI or layout.local_tracking_uri
 
 
-def use_root(root: Path) -> str:
+def use_root(layout: RootLayout) -> str:
     """Point MLflow at the root's tracking store; return its URI."""
-    uri = tracking_uri(root)
+    uri = tracking_uri(layout)
     mlflow.set_tracking_uri(uri)
     return uri
 
 
-def experiment_for(dataset: str, root: Path) -> str:
+def experiment_for(dataset: str, layout: RootLayout) -> str:
     """The experiment of a dataset (created on first use, artifacts under the root when local)."""
     name = f"annostyle/{dataset}"
     if mlflow.get_experiment_by_name(name) is None:
         location = None
         if mlflow.get_tracking_uri().startswith("sqlite:"):
-            location = (Path(root).resolve() / "mlartifacts").as_uri()
+            location = layout.mlflow_artifacts.as_uri()
         try:
             mlflow.create_experiment(name, artifact_location=location)
         except mlflow.exceptions.MlflowException:
@@ -64,11 +65,11 @@ def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 @contextmanager
-def stage_run(root: Path, dataset: str, stage: str, config: Mapping[str, Any],
+def stage_run(layout: RootLayout, dataset: str, stage: str, config: Mapping[str, Any],
               tags: Mapping[str, str] | None = None) -> Iterator[mlflow.ActiveRun]:
     """An MLflow run for one stage, with the whole config as params (nested if a run is active)."""
-    use_root(root)
-    experiment = experiment_for(dataset, root)
+    use_root(layout)
+    experiment = experiment_for(dataset, layout)
     nested = mlflow.active_run() is not None
     with mlflow.start_run(experiment_id=experiment, run_name=f"{stage}:{dataset}", nested=nested) as run:
         mlflow.set_tags({"annostyle.stage": stage, "annostyle.dataset": dataset, **(tags or {})})
@@ -123,13 +124,13 @@ def log_metrics(metrics: Mapping[str, float | int | None], step: int | None = No
 
 
 @contextmanager
-def parent_run(root: Path, dataset: str, name: str, config: Mapping[str, Any],
+def parent_run(layout: RootLayout, dataset: str, name: str, config: Mapping[str, Any],
                tags: Mapping[str, str]) -> Iterator[mlflow.ActiveRun]:
     """The parent run of one pipeline or reprocess run; stage runs started inside nest under it.
 
     A stage run started with no run active (MLflow refuses a second top-level run).
     """
-    with stage_run(root, dataset, name, config, tags) as run:
+    with stage_run(layout, dataset, name, config, tags) as run:
         yield run
 
 

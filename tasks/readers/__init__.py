@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from configs.schema import PipelineConfig
 from storage.batch import Batch
-from storage.errors import InputError
+from errors import InputError
 from tasks.readers.mapping import read_mapping
 from tasks.readers.table import read_table
 from tasks.readers.tracks import read_tracks

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from storage.batch import MISSING, class_key
-from storage.errors import InputError
+from errors import InputError
 
 FileRef = str | Path | Callable[[int], str | Path]
 """A file, or a function from the position of a bad value to the file it came from."""

@@ -15,7 +15,7 @@ import yaml
 
 from configs.schema import MappingSource
 from storage.batch import Batch
-from storage.errors import InputError
+from errors import InputError
 from tasks.readers.common import check_annotators, encode_with_gold, fill_labels, sort_codes
 
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)

@@ -16,7 +16,7 @@ import yaml
 
 from configs.schema import TableSource
 from storage.batch import Batch
-from storage.errors import InputError
+from errors import InputError
 from tasks.readers.common import (
     check_annotators,
     encode_names,

@@ -15,7 +15,7 @@ import numpy as np
 
 from configs.schema import TracksSource
 from storage.batch import MISSING, Batch
-from storage.errors import InputError
+from errors import InputError
 from tasks.readers.common import check_annotators, encode_labels
 
 

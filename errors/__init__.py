@@ -1,4 +1,8 @@
-"""The one error type for bad input: it names the file, the field and the value."""
+"""The errors every layer raises; this package imports nothing of the project's.
+
+`InputError` is bad input (config, data file, batch, argument): the command line turns it into
+exit code 2 with a message naming the file, the field and the value.
+"""
 
 from __future__ import annotations
 
@@ -24,12 +28,4 @@ class InputError(ValueError):
         super().__init__(f"{where}: {problem} (value: {shown})")
 
 
-def retry_unless_bad_input(task: Any, task_run: Any, state: Any) -> bool:
-    """Prefect retry condition: retry transient failures (I/O, a lost worker), never bad input."""
-    try:
-        state.result()
-    except InputError:
-        return False
-    except Exception:
-        return True
-    return False
+__all__ = ["InputError"]

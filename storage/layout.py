@@ -1,0 +1,114 @@
+"""The one owner of every path and URI under a root folder.
+
+`RootLayout(root, uri_prefix)` is built once per command (from `--root` and the config's
+`store.uri_prefix`) and handed down; no other module joins path parts under the root.
+
+    <root>/
+      datasets/<name>.zarr          dataset store (or under `uri_prefix`)
+      predictions/<name>.zarr       prediction store (or under `uri_prefix`)
+      models/<name>/<key>/          one training run: checkpoint, history, summary, model/
+      analysis/<name>/              analysis tables, figures/, summary.json
+      probes/<name>/<key>/          probe tables and figures
+      exports/<name>/npz/           the MABe notebook's npz layout
+      cache/keys, cache/results     the pipeline's stage cache (Prefect's persisted results)
+      cache/matplotlib, cache/dask  library scratch space
+      prefect/                      PREFECT_HOME
+      watch/<name>.json             the watcher's ledger
+      mlflow.db, mlartifacts/       the MLflow tracking store and its artifacts
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from storage.location import store_uri
+
+DATASETS = "datasets"
+PREDICTIONS = "predictions"
+
+
+@dataclass(frozen=True)
+class RootLayout:
+    """Paths under `root`; dataset and prediction stores under `uri_prefix` when it is given.
+
+    >>> layout = RootLayout(Path("/r"))
+    >>> layout.dataset_uri("demo"), str(layout.analysis_dir("demo"))
+    ('/r/datasets/demo.zarr', '/r/analysis/demo')
+    >>> RootLayout(Path("/r"), "s3://bucket/p").prediction_uri("demo")
+    's3://bucket/p/predictions/demo.zarr'
+    """
+
+    root: Path
+    uri_prefix: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root).resolve())
+
+    # ------------------------------------------------------------------ stores
+    def dataset_uri(self, name: str) -> str:
+        return store_uri(self.root, DATASETS, name, self.uri_prefix)
+
+    def prediction_uri(self, name: str) -> str:
+        return store_uri(self.root, PREDICTIONS, name, self.uri_prefix)
+
+    # ------------------------------------------------------------------ models
+    def models_dir(self, name: str) -> Path:
+        return self.root / "models" / name
+
+    def run_dir(self, name: str, key: str) -> Path:
+        """One training (or pretraining, fine-tuning) run's folder, keyed by its inputs."""
+        return self.models_dir(name) / key
+
+    # ------------------------------------------------------------------ outputs
+    def analysis_dir(self, name: str) -> Path:
+        return self.root / "analysis" / name
+
+    def probe_dir(self, name: str, key: str) -> Path:
+        return self.root / "probes" / name / key
+
+    def npz_export_dir(self, name: str) -> Path:
+        return self.root / "exports" / name / "npz"
+
+    # ------------------------------------------------------------------ state of the tools
+    @property
+    def cache_dir(self) -> Path:
+        return self.root / "cache"
+
+    @property
+    def cache_keys_dir(self) -> Path:
+        """Where the stage cache's keys are stored."""
+        return self.cache_dir / "keys"
+
+    @property
+    def cache_results_dir(self) -> Path:
+        """Prefect's persisted task results (PREFECT_RESULTS_LOCAL_STORAGE_PATH)."""
+        return self.cache_dir / "results"
+
+    @property
+    def matplotlib_dir(self) -> Path:
+        return self.cache_dir / "matplotlib"
+
+    @property
+    def dask_dir(self) -> Path:
+        return self.cache_dir / "dask"
+
+    @property
+    def prefect_home(self) -> Path:
+        return self.root / "prefect"
+
+    def watch_ledger(self, name: str) -> Path:
+        return self.root / "watch" / f"{name}.json"
+
+    @property
+    def mlflow_db(self) -> Path:
+        return self.root / "mlflow.db"
+
+    @property
+    def mlflow_artifacts(self) -> Path:
+        return self.root / "mlartifacts"
+
+    @property
+    def local_tracking_uri(self) -> str:
+        """The SQLite tracking URI of the root (MLFLOW_TRACKING_URI, read in storage.tracking, wins)."""
+        return f"sqlite:///{self.mlflow_db}"
