@@ -23,9 +23,9 @@ from prefect import flow
 from prefect.cache_policies import CacheKeyFnPolicy
 
 from configs.schema import load_config
+from errors import InputError
 from flows.analyze import publish_clusters
 from storage.dataset_store import DatasetStore
-from errors import InputError
 from storage.prediction_store import PredictionStore
 from storage.tracking import parent_run, stage_record, stage_run
 from storage.tracking.analyze import record_analysis

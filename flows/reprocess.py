@@ -21,9 +21,9 @@ from typing import Any
 from prefect import flow
 
 from configs.schema import config_for_batch, load_config
+from errors import InputError
 from flows.analyze import publish_clusters
 from storage.dataset_store import DatasetStore
-from errors import InputError
 from storage.prediction_store import PredictionStore, prediction_uri
 from storage.tracking import parent_run, stage_record
 from storage.tracking.analyze import record_analysis

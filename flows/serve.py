@@ -42,8 +42,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from flows.settings import DEFAULT_ROOT, apply_defaults, setup_logging
 from errors import InputError
+from flows.settings import DEFAULT_ROOT, apply_defaults, setup_logging
 
 log = logging.getLogger(__name__)
 

@@ -42,8 +42,8 @@ from zarr.codecs import BloscCodec
 
 from configs.base import CodecConfig
 from configs.schema import StoreConfig
-from storage.batch import MISSING, Batch
 from errors import InputError
+from storage.batch import MISSING, Batch
 from storage.location import is_local, local_path, store_uri
 
 log = logging.getLogger(__name__)

@@ -53,8 +53,8 @@ import numpy as np
 import zarr
 
 from configs.analyze import PredictConfig
-from storage.dataset_store import blosc
 from errors import InputError
+from storage.dataset_store import blosc
 from storage.files import atomic_write_bytes
 from storage.location import is_local, local_path, store_uri
 

@@ -23,9 +23,9 @@ from threadpoolctl import threadpool_limits
 
 from configs.analyze import AnalyzeConfig
 from configs.schema import PipelineConfig
-from storage.dataset_store import DatasetStore, dataset_uri
 from errors import InputError
 from flows.retry import retry_unless_bad_input
+from storage.dataset_store import DatasetStore, dataset_uri
 from storage.prediction_store import PredictionStore, prediction_uri
 from tasks import clustering, figures
 from tasks.distances import dask_scheduler, describe_scheduler, store_distances

@@ -18,9 +18,9 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from configs.schema import PipelineConfig
-from storage.dataset_store import DatasetStore
 from errors import InputError
 from flows.retry import retry_unless_bad_input
+from storage.dataset_store import DatasetStore
 from tasks.model import load_model, save_model
 from tasks.train import run_folder
 

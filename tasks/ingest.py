@@ -9,10 +9,10 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from configs.schema import PipelineConfig
-from storage.batch import class_key
-from storage.dataset_store import DatasetStore, dataset_uri, open_or_create
 from errors import InputError
 from flows.retry import retry_unless_bad_input
+from storage.batch import class_key
+from storage.dataset_store import DatasetStore, dataset_uri, open_or_create
 from storage.location import remove_store
 
 

@@ -21,8 +21,8 @@ import torch
 from torch import nn
 
 from configs.train import EncoderConfig, HeadConfig
-from storage.dataset_store import DatasetStore
 from errors import InputError
+from storage.dataset_store import DatasetStore
 from storage.files import atomic_write, atomic_write_json
 from tasks.encoders import Encoder, build_encoder
 from tasks.heads import AnnotatorHead, ClassifierHead, build_head

@@ -21,8 +21,8 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from configs.schema import PipelineConfig
-from storage.dataset_store import DatasetStore, dataset_uri
 from errors import InputError
+from storage.dataset_store import DatasetStore, dataset_uri
 from storage.prediction_store import PredictionStore, prediction_uri
 from tasks.distances import dask_scheduler
 from tasks.model import SPEC, WEIGHTS, TrainedModel, load_model

@@ -32,9 +32,9 @@ from prefect.cache_policies import NO_CACHE
 
 from configs.schema import PipelineConfig
 from configs.train import TrainConfig
-from storage.dataset_store import DatasetStore, dataset_uri
 from errors import InputError
 from flows.retry import retry_unless_bad_input
+from storage.dataset_store import DatasetStore, dataset_uri
 from storage.files import atomic_write_json
 from tasks import figures
 from tasks.aggregate import CrowdAggregate

@@ -41,9 +41,9 @@ from prefect.cache_policies import NO_CACHE
 
 from configs.schema import PipelineConfig
 from configs.train import EncoderConfig, TrainConfig
-from storage.dataset_store import DatasetStore, dataset_uri
 from errors import InputError
 from flows.retry import retry_unless_bad_input
+from storage.dataset_store import DatasetStore, dataset_uri
 from storage.files import atomic_write, atomic_write_json
 from tasks.aggregate import CrowdAggregate, accuracy, aggregator_report
 from tasks.encoders import Encoder, build_encoder, context_frames_each_side, resolve_kind

@@ -21,10 +21,10 @@ from test_distances import planted_embeddings
 
 from configs.analyze import PredictConfig
 from configs.schema import load_config
+from errors import InputError
 from flows.analyze import analyze_flow
 from flows.cli import main
 from storage.dataset_store import DatasetStore
-from errors import InputError
 from storage.prediction_store import PredictionStore, prediction_uri
 from tasks.analyze import analyze
 from tasks.ingest import ingest

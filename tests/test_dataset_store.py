@@ -7,8 +7,8 @@ import pytest
 from conftest import make_batch, tree_digest
 
 from configs.schema import StoreConfig
-from storage.dataset_store import EMPTY_VERSION, DatasetStore, open_or_create
 from errors import InputError
+from storage.dataset_store import EMPTY_VERSION, DatasetStore, open_or_create
 
 
 @pytest.fixture

@@ -25,8 +25,8 @@ import pytest
 from conftest import CONFIGS, make_batch
 
 from configs.schema import StoreConfig, load_config
-from storage.dataset_store import DatasetStore, dataset_uri, open_or_create
 from errors import InputError
+from storage.dataset_store import DatasetStore, dataset_uri, open_or_create
 from storage.location import remove_store
 from storage.prediction_store import PredictionStore, prediction_uri
 from tasks.analyze import analyze

@@ -16,9 +16,9 @@ from test_train_digits import digits_store
 from configs.probe import AugmentConfig, LinearProbeConfig
 from configs.schema import PipelineConfig, StoreConfig, load_config
 from configs.train import EncoderConfig
+from errors import InputError
 from storage.batch import Batch
 from storage.dataset_store import dataset_uri, open_or_create
-from errors import InputError
 from tasks.augment import sequence_view, vector_view
 from tasks.encoders import build_encoder
 from tasks.loader import read_range

@@ -13,8 +13,8 @@ import pytest
 import yaml
 
 from configs.schema import PipelineConfig, TracksSource, load_config
-from storage.batch import Batch
 from errors import InputError
+from storage.batch import Batch
 from tasks.readers import read_source, read_tracks
 from tasks.readers.common import encode_labels
 

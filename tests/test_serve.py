@@ -26,8 +26,8 @@ import pytest
 import yaml
 from conftest import CONFIGS, PROJECT, make_batch
 
-from flows import watch as w
 from errors import InputError
+from flows import watch as w
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 TABLE_CONFIG = "name: toy\nsource:\n  kind: table\n  path: labels.csv\n"

@@ -11,8 +11,8 @@ from conftest import CONFIGS, make_batch
 
 from configs.schema import PipelineConfig, StoreConfig, load_config
 from configs.train import EncoderConfig, HeadConfig, TrainConfig
-from storage.dataset_store import dataset_uri, open_or_create
 from errors import InputError
+from storage.dataset_store import dataset_uri, open_or_create
 from tasks.aggregate import CrowdAggregate, aggregator_report, long_table
 from tasks.conal import ConalHead
 from tasks.encoders import MLPEncoder, TemporalConvEncoder, build_encoder, dilations

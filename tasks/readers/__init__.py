@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from configs.schema import PipelineConfig
-from storage.batch import Batch
 from errors import InputError
+from storage.batch import Batch
 from tasks.readers.mapping import read_mapping
 from tasks.readers.table import read_table
 from tasks.readers.tracks import read_tracks

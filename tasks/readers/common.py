@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from storage.batch import MISSING, class_key
 from errors import InputError
+from storage.batch import MISSING, class_key
 
 FileRef = str | Path | Callable[[int], str | Path]
 """A file, or a function from the position of a bad value to the file it came from."""

@@ -14,8 +14,8 @@ import numpy as np
 import yaml
 
 from configs.schema import MappingSource
-from storage.batch import Batch
 from errors import InputError
+from storage.batch import Batch
 from tasks.readers.common import check_annotators, encode_with_gold, fill_labels, sort_codes
 
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)

@@ -15,8 +15,8 @@ import pandas as pd
 import yaml
 
 from configs.schema import TableSource
-from storage.batch import Batch
 from errors import InputError
+from storage.batch import Batch
 from tasks.readers.common import (
     check_annotators,
     encode_names,

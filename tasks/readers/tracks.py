@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from configs.schema import TracksSource
-from storage.batch import MISSING, Batch
 from errors import InputError
+from storage.batch import MISSING, Batch
 from tasks.readers.common import check_annotators, encode_labels
 
 
