@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from configs.schema import DemoSource, StoreConfig
+from configs.schema import StoreConfig
+from configs.sources import DemoSource
 from storage.batch import MISSING
 from storage.dataset_store import ANNOTATOR_CHUNK, blosc, open_or_create
 from tasks.demo import generate_batch

@@ -27,7 +27,8 @@ import numpy as np
 
 from configs.schema import load_config
 from storage.batch import Batch
-from storage.dataset_store import DatasetStore, dataset_uri, open_or_create
+from storage.dataset_store import DatasetStore, open_or_create
+from storage.layout import RootLayout
 from tasks.analyze import analyze
 from tasks.demo import generate_batch
 from tasks.ingest import ingest
@@ -72,32 +73,36 @@ def main() -> None:
         small = load_config(PROJECT_CONFIGS / "demo.yaml", {
             "source": {"size": "large", "n_sequences": 8, "sequence_length": 2000},
             "train": {"optim": {"max_epochs": 1}}})
-        ingest(small, work / "model")
-        model_dir = Path(train_model(small, work / "model")["model_dir"])
+        trained = RootLayout(work / "model")
+        ingest(small, trained)
+        model = train_model(small, trained).model_dir
+        if model is None:
+            raise SystemExit("the demo trained no model")
+        model_dir = Path(model)
 
         # the state before the batch: the old frames ingested, predicted and analysed
-        before = work / "reprocess"
-        open_or_create(dataset_uri(before, "demo"), config.store, None, None).append(old, progress=False)
+        before = RootLayout(work / "reprocess")
+        open_or_create(before.dataset_uri("demo"), config.store, None, None).append(old, progress=False)
         predict(config, before, model_dir=model_dir)
         analyze(config, before)
 
         t0 = time.perf_counter()
-        DatasetStore.open(dataset_uri(before, "demo"), mode="r+").append(new, progress=False)
+        DatasetStore.open(before.dataset_uri("demo"), mode="r+").append(new, progress=False)
         pred = predict(config, before, model_dir=model_dir)
         ours = analyze(config, before)
         t_reprocess = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        full_root = work / "full"
-        open_or_create(dataset_uri(full_root, "demo"), config.store, None, None).append(union, progress=False)
+        full_root = RootLayout(work / "full")
+        open_or_create(full_root.dataset_uri("demo"), config.store, None, None).append(union, progress=False)
         predict(config, full_root, model_dir=model_dir)
         full = analyze(config, full_root)
         t_full = time.perf_counter() - t0
 
-        err = np.max(np.abs(np.asarray(ours["distance_matrix"]) - np.asarray(full["distance_matrix"])) /
-                     np.maximum(np.abs(np.asarray(full["distance_matrix"])), 1e-12))
-        print(f"reprocess: {t_reprocess:7.1f} s  ({pred['frames_predicted']:,} frames predicted, "
-              f"{pred['frames_reused']:,} reused)")
+        mine, theirs = np.asarray(ours.distance_matrix, float), np.asarray(full.distance_matrix, float)
+        err = np.max(np.abs(mine - theirs) / np.maximum(np.abs(theirs), 1e-12))
+        print(f"reprocess: {t_reprocess:7.1f} s  ({pred.frames_predicted:,} frames predicted, "
+              f"{pred.frames_reused:,} reused)")
         print(f"full rerun: {t_full:7.1f} s")
         print(f"max relative difference of the distance matrices: {err:.1e}")
         print(f"wall-time ratio reprocess/full = {t_reprocess / t_full:.3f}  (target <= 0.15)")

@@ -7,6 +7,14 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from configs.base import CodecConfig, Strict
+from configs.registry import Entry, Registry
+
+METRICS = Registry[Entry]("distance metric")
+"""Distances between annotators' predicted probabilities; each target is a
+`tasks.distances.DistanceMetric` (the statistic summed per chunk and the distance made of it)."""
+METRICS.register(Entry("euclidean", "tasks.distances:EUCLIDEAN"))
+METRICS.register(Entry("cosine", "tasks.distances:COSINE"))
+METRICS.register(Entry("jensenshannon", "tasks.distances:JENSENSHANNON"))
 
 LinkageMethod = Literal["ward", "average", "complete"]
 
@@ -30,8 +38,8 @@ class PredictConfig(Strict):
 class AnalyzeConfig(Strict):
     """How annotators are grouped by style (and what item-level views are made)."""
 
-    metric: Literal["euclidean", "cosine", "jensenshannon"] = Field(
-        "euclidean", description="distance between annotators' predicted probabilities"
+    metric: str = Field(
+        "euclidean", description=f"distance between annotators' predicted probabilities: {', '.join(METRICS.names())}"
     )
     linkage: list[LinkageMethod] = Field(
         ["ward", "average", "complete"], min_length=1,
@@ -59,6 +67,11 @@ class AnalyzeConfig(Strict):
     umap: bool = Field(True, description="UMAP projections (the first `import umap` takes about 25 s)")
     figures: bool = True
     seed: int = 0
+
+    @field_validator("metric")
+    @classmethod
+    def _metric(cls, name: str) -> str:
+        return METRICS.check(name)
 
     @field_validator("ks")
     @classmethod

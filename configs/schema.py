@@ -8,38 +8,33 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any
 
 import yaml
-from pydantic import (
-    AfterValidator,
-    BeforeValidator,
-    Field,
-    ValidationError,
-    ValidationInfo,
-    field_validator,
-)
+from pydantic import Field, SerializeAsAny, ValidationError, ValidationInfo, field_validator
 
 from configs.analyze import AnalyzeConfig, PredictConfig
-from configs.base import CodecConfig, Strict, resolve_path
+from configs.base import CodecConfig, Strict
 from configs.probe import ProbeConfig
+from configs.sources import (
+    READERS,
+    DemoSource,
+    InputPath,
+    MappingSource,
+    SourceConfig,
+    TableSource,
+    TracksSource,
+)
 from configs.train import TrainConfig
+from configs.uri import check_prefix, redact
 from errors import InputError
-from storage.location import check_prefix, redact
+
+__all__ = [  # the source models live in configs.sources; importable from here too
+    "DemoSource", "InputPath", "MappingSource", "PipelineConfig", "SourceConfig", "StoreConfig",
+    "TableSource", "TracksSource", "config_for_batch", "load_config",
+]
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-
-
-
-
-def _exists(path: Path) -> Path:
-    if not path.exists():
-        raise ValueError(f"file not found: {path}")
-    return path.resolve()
-
-
-InputPath = Annotated[Path, BeforeValidator(resolve_path), AfterValidator(_exists)]
-"""A path that must exist, relative to the config file's folder."""
 
 
 class StoreConfig(Strict):
@@ -64,65 +59,13 @@ class StoreConfig(Strict):
         return None if prefix is None else check_prefix(prefix)
 
 
-class TableSource(Strict):
-    """A long table, one row per (item, annotator, label); the crowd-kit column names by default.
-
-    Rows whose annotator and label are empty contribute gold only (a test item). With
-    `sequence_column` and `frame_column`, items are frames of sequences.
-    """
-
-    kind: Literal["table"]
-    path: InputPath
-    format: Literal["csv", "tsv", "parquet"] | None = None
-    item_column: str = "task"
-    annotator_column: str = "worker"
-    label_column: str = "label"
-    gold_column: str | None = None
-    sequence_column: str | None = None
-    frame_column: str | None = None
-    features: InputPath | None = Field(
-        None, description=".npy whose row i is item id i, or .csv/.parquet keyed by item id"
-    )
-    features_item_column: str | None = None
-
-
-class TracksSource(Strict):
-    """Per-sequence label tracks: `<annotator>/<sequence>.json`, a list of per-frame labels."""
-
-    kind: Literal["tracks"]
-    paths: list[InputPath] = Field(min_length=1)
-    missing: int | str = -1
-
-
-class MappingSource(Strict):
-    """A nested mapping `{annotator: {item: label}}` in YAML or JSON, with a gold `{item: label}`."""
-
-    kind: Literal["mapping"]
-    labels: InputPath
-    gold: InputPath | None = None
-
-
-class DemoSource(Strict):
-    """The built-in generator of behaviour-like sequences and simulated annotators."""
-
-    kind: Literal["demo"]
-    size: Literal["demo", "large"] = "demo"
-    seed: int = 0
-    n_sequences: int | None = Field(None, gt=0)
-    sequence_length: int | None = Field(None, ge=50)
-    n_annotators: int | None = Field(None, ge=6, le=12)
-    n_groups: int | None = Field(None, ge=2, le=3)
-
-
-SOURCE_KINDS = ("table", "tracks", "mapping", "demo")
-Source = Annotated[TableSource | TracksSource | MappingSource | DemoSource, Field(discriminator="kind")]
-
-
 class PipelineConfig(Strict):
     """A dataset and how every stage treats it."""
 
     name: str
-    source: Source
+    source: SerializeAsAny[SourceConfig] = Field(
+        description="where the labels come from; `kind` names a registered reader (configs.sources.READERS)"
+    )
     classes: list[bool | int | str] | None = Field(
         None, description="fixes the classes and their order; other label values are errors"
     )
@@ -147,6 +90,17 @@ class PipelineConfig(Strict):
             )
         return name
 
+    @field_validator("source", mode="plain")
+    @classmethod
+    def _source(cls, value: Any, info: ValidationInfo) -> SourceConfig:
+        """Validate the section with the config model its `kind` registered."""
+        if isinstance(value, SourceConfig):
+            return value
+        if not isinstance(value, dict) or "kind" not in value:
+            raise ValueError(f"source needs a `kind`; known: {', '.join(READERS.names())}")
+        entry = READERS[str(value["kind"])]
+        return entry.model.model_validate(value, context=info.context)
+
     @field_validator("class_names")
     @classmethod
     def _names_match(cls, names: list[str] | None, info: ValidationInfo) -> list[str] | None:
@@ -156,7 +110,7 @@ class PipelineConfig(Strict):
         return names
 
 
-def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> PipelineConfig:
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> PipelineConfig:  # JSON boundary: YAML
     """Read and validate a YAML config; errors name the file, the key and the value.
 
     `overrides` are merged into the top level (nested dicts merge), for tests and the CLI.
@@ -175,23 +129,20 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Pi
     return _validate(data, path.resolve().parent, path)
 
 
-def _validate(data: dict[str, Any], base: Path, origin: Path) -> PipelineConfig:
+def _validate(data: dict[str, Any], base: Path, origin: Path) -> PipelineConfig:  # JSON boundary: YAML
     """Validate a config mapping; the first problem becomes an InputError naming its key."""
     try:
         return PipelineConfig.model_validate(data, context={"base": base})
     except ValidationError as err:
         first = err.errors()[0]
-        parts = [str(p) for p in first["loc"]]
-        if len(parts) > 1 and parts[0] == "source" and parts[1] in SOURCE_KINDS:
-            del parts[1]  # pydantic names the union member; the YAML key has no such level
-        key = ".".join(parts)
+        key = ".".join(str(p) for p in first["loc"])
         problem = first["msg"].removeprefix("Value error, ")
         more = f" ({err.error_count() - 1} more problems)" if err.error_count() > 1 else ""
         value = redact(first.get("input")) if key == "store.uri_prefix" else first.get("input")
         raise InputError(origin, key or None, value, problem + more) from err
 
 
-def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:  # JSON boundary: YAML
     out = dict(base)
     for key, value in extra.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
@@ -217,20 +168,14 @@ def config_for_batch(config: PipelineConfig, batch: str | Path) -> PipelineConfi
             if extra:
                 raise InputError(path, sorted(extra)[0], None, "a batch file holds only a `source:` section")
             return _with_source(config, data["source"], path)
-    src = config.source.model_dump()
-    if config.source.kind == "table":
-        src["path"] = path
-    elif config.source.kind == "tracks":
-        src["paths"] = [path]
-    elif config.source.kind == "mapping":
-        src.update(labels=path, gold=None)
-    else:
-        raise InputError(path, "source.kind", config.source.kind,
-                         "a demo dataset takes batches as a YAML file with a `source:` section")
+    try:
+        src = READERS[config.source.kind].batch_source(config.source, path)
+    except ValueError as err:
+        raise InputError(path, "source.kind", config.source.kind, str(err)) from err
     return _with_source(config, src, path)
 
 
-def _with_source(config: PipelineConfig, source: dict[str, Any], origin: Path) -> PipelineConfig:
+def _with_source(config: PipelineConfig, source: dict[str, Any], origin: Path) -> PipelineConfig:  # JSON boundary: YAML
     data = config.model_dump()
     data["source"] = source
     return _validate(data, origin.parent, origin)

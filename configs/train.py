@@ -1,19 +1,21 @@
 """The `train:` section of a pipeline config.
 
 Every model mirrors an object it builds: `encoder` builds the encoder (`tasks.encoders`), `head`
-the annotator head (`tasks.multi_annotator_head`, `tasks.conal`), `optim` the optimiser and the
+the annotator head (one section per head registered in `configs.heads`), `optim` the optimiser and the
 stopping rule, `loader` the chunked Zarr batches (`tasks.loader`), `split` the validation split.
 Every field has a default, so a config without a `train:` section is valid.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Self
 
-from pydantic import AfterValidator, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BeforeValidator, Field, create_model, model_validator
 
 from configs.base import Strict, resolve_path
+from configs.heads import HEADS
 
 
 def _is_file(path: Path) -> Path:
@@ -66,33 +68,29 @@ class EncoderConfig(Strict):
     temporal: TemporalConfig = TemporalConfig()
 
 
-class MultiAnnotatorConfig(Strict):
-    """`tasks.multi_annotator_head.MultiAnnotatorHead` (MABe 2021 winning solution)."""
+class HeadBase(Strict):
+    """The annotator-aware head trained on the encoder: `kind` (a name registered in
+    `configs.heads.HEADS`) and one options section per registered head, named after it
+    (`multi_annotator: {...}`, `conal: {...}`); the sections of the heads not chosen keep their
+    defaults and are ignored."""
 
-    hidden: int = Field(64, gt=0, description="width of the residual MLP")
-    embedding_dim: int | None = Field(
-        None, gt=0, description="annotator embedding size; default one per annotator (identity init)")
-    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    kind: Annotated[str, AfterValidator(HEADS.check)] = "multi_annotator"
 
+    def options(self) -> Strict:
+        """The chosen head's options section."""
+        section: Strict = getattr(self, self.kind)
+        return section
 
-class ConalConfig(Strict):
-    """`tasks.conal.ConalHead` (Chu et al. 2021)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
-
-    lambda_: float = Field(1e-5, ge=0.0, alias="lambda",
-                           description="loss = CE - lambda * sum_r ||L_r - G|| (paper: 1e-5)")
-    embedding_dim: int = Field(20, gt=0, description="size of the instance and annotator embeddings")
-    aux_hidden: int = Field(128, gt=0, description="hidden width of the auxiliary network")
-    confusion_init: float = Field(2.0, description="diagonal of the initial confusion logits")
+    def with_options(self, options: Mapping[str, Any]) -> Self:  # JSON boundary: a head's spec options
+        """This config with the chosen head's section replaced (`AnnotatorHead.spec_options()`)."""
+        return self.model_copy(update={self.kind: HEADS[self.kind].options.model_validate(dict(options))})
 
 
-class HeadConfig(Strict):
-    """The annotator-aware head trained on the encoder."""
-
-    kind: Literal["multi_annotator", "conal"] = "multi_annotator"
-    multi_annotator: MultiAnnotatorConfig = MultiAnnotatorConfig()
-    conal: ConalConfig = ConalConfig()
+if TYPE_CHECKING:
+    HeadConfig = HeadBase
+else:  # one field per registered head: a new head needs no edit here
+    HeadConfig = create_model("HeadConfig", __base__=HeadBase, __module__=__name__, __doc__=HeadBase.__doc__,
+                              **{entry.name: (entry.options, entry.options()) for entry in HEADS})
 
 
 class OptimConfig(Strict):

@@ -1,7 +1,7 @@
 """The `annostyle` command line: one subcommand per flow.
 
-Each subcommand lives in a flow module that defines `cli_run(args) -> dict` and
-`cli_print(summary)`; its extra options are declared here, so that `--help` stays fast and
+Each subcommand lives in a flow module that defines `cli_run(args)`, which returns a typed
+result (a `storage.results.StageResult`), and `cli_print(result)`; its extra options are declared here, so that `--help` stays fast and
 Prefect loads only after the root's settings are in place. Logs go to stderr; with `--json` the last
 line of stdout is one JSON object. Exit codes: 0 done, 2 bad input (config, data,
 arguments), 1 anything else.
@@ -28,6 +28,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
                              "linear probes and mutual-information bounds against raw, random and supervised"),
     "serve": ("flows.serve", "serve the pipeline on a cron schedule and reprocess each new batch in a watched "
                              "folder (needs a Prefect server: PREFECT_API_URL)"),
+    "deploy": ("flows.serve", "create the pipeline and reprocess deployments on a process work pool, for "
+                              "`prefect worker start --pool POOL` (needs a Prefect server)"),
+    "watch": ("flows.serve", "watch a folder and start one reprocess run per new batch on the deployments "
+                             "that `deploy` made; workers run them (needs a Prefect server)"),
     "runs": ("flows.runs", "list recent pipeline runs from MLflow, or --diff two of them"),
     "ui": ("flows.ui", "start the MLflow UI on 127.0.0.1 for the root's tracking store (Ctrl-C stops it)"),
 }
@@ -35,6 +39,10 @@ NO_CONFIG = {"runs", "ui"}  # these read the root's tracking store, not a config
 
 SCHEDULER = (("--scheduler",), {"metavar": "ADDRESS", "default": None,
                                 "help": "Dask scheduler address (default: the config's, else local threads)"})
+CRON = (("--cron",), {"metavar": "EXPR", "help": "run the pipeline on this cron schedule, e.g. '0 3 * * *'"})
+WATCH_HELP = "reprocess every new batch file or folder that appears in DIR, once"
+INTERVAL = (("--interval",), {"type": float, "metavar": "SECONDS",
+                              "help": "seconds between scans of --watch (default 10)"})
 EXTRA_ARGS: dict[str, list[tuple[tuple[str, ...], dict]]] = {
     "predict": [(("--export-npz",), {"action": "store_true",
                                      "help": "also write the MABe notebook's per-sequence npz layout"}),
@@ -47,11 +55,11 @@ EXTRA_ARGS: dict[str, list[tuple[tuple[str, ...], dict]]] = {
                                   "help": "the new batch: a file or folder in the config's source format, "
                                           "or a YAML file with a `source:` section"}),
                   SCHEDULER],
-    "serve": [(("--cron",), {"metavar": "EXPR", "help": "run the pipeline on this cron schedule, e.g. '0 3 * * *'"}),
-              (("--watch",), {"type": Path, "metavar": "DIR",
-                              "help": "reprocess every new batch file or folder that appears in DIR, once"}),
-              (("--interval",), {"type": float, "metavar": "SECONDS",
-                                 "help": "seconds between scans of --watch (default 10)"})],
+    "serve": [CRON, (("--watch",), {"type": Path, "metavar": "DIR", "help": WATCH_HELP}), INTERVAL],
+    "deploy": [(("--pool",), {"required": True, "metavar": "POOL",
+                              "help": "a process work pool (`prefect work-pool create POOL --type process`)"}),
+               CRON],
+    "watch": [(("--watch",), {"type": Path, "metavar": "DIR", "required": True, "help": WATCH_HELP}), INTERVAL],
     "runs": [(("--diff",), {"nargs": 2, "metavar": ("RUN_A", "RUN_B"),
                             "help": "what changed from parent run RUN_A to RUN_B"}),
              (("--limit",), {"type": int, "default": 20, "help": "how many recent runs to list (default 20)"}),
@@ -82,19 +90,20 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     from configs.schema import load_config
     from errors import InputError
+    from storage.results import StageResult
 
     try:
         if args.command not in NO_CONFIG:
             load_config(args.config)  # a bad config fails here, before any flow run starts
         module = importlib.import_module(args.module)
-        summary = module.cli_run(args)
+        result: StageResult = module.cli_run(args)
     except InputError as err:
         print(f"annostyle: error: {err}", file=sys.stderr)
         return 2
     if args.json:
-        print(json.dumps(summary, default=str))
+        print(json.dumps(result.to_json()))
     else:
-        module.cli_print(summary)
+        module.cli_print(result)
     return 0
 
 

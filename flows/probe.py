@@ -9,14 +9,32 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
 
-from prefect import flow
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
 
 from configs.schema import PipelineConfig, load_config
+from flows.retry import retry_unless_bad_input
 from flows.train import trained_model
+from storage.layout import RootLayout
+from storage.results.probe import ProbeResult, TargetProbe
+from storage.results.train import TrainResult
 from storage.tracking.probe import record_probe
-from tasks.representation import open_for_probe, pretrain_task, probe_task, save_summary
+from tasks.representation import (
+    open_for_probe,
+    pretrain_encoder,
+    probe_representations,
+    probe_table,
+    save_summary,
+)
+
+pretrain_task = task(name="pretrain-simclr", retries=1, retry_delay_seconds=[2], cache_policy=NO_CACHE,
+                     retry_condition_fn=retry_unless_bad_input)(pretrain_encoder)
+"""Prefect task; a retry after a crash resumes from the last finished epoch."""
+
+probe_task = task(name="probe", retries=1, retry_delay_seconds=[2], cache_policy=NO_CACHE,
+                  retry_condition_fn=retry_unless_bad_input)(probe_representations)
+"""Prefect task; probing is cheap and pure, so a retry simply redoes it."""
 
 
 def finetune_config(config: PipelineConfig, weights: str) -> PipelineConfig:
@@ -27,50 +45,57 @@ def finetune_config(config: PipelineConfig, weights: str) -> PipelineConfig:
     return PipelineConfig.model_validate(data)
 
 
+def model_folder(trained: TrainResult) -> Path:
+    """The trained model's folder (a store with features always gets a model)."""
+    if trained.model_dir is None:
+        raise ValueError(f"training on {trained.store} made no model: {trained.reason}")
+    return Path(trained.model_dir)
+
+
 @flow(name="probe", validate_parameters=False)
-def probe_flow(config_path: str, root: str) -> dict[str, Any]:
+def probe_flow(config_path: str, root: str) -> ProbeResult:
     """Probe the config's encoders for its targets on the ingested store; record one MLflow run."""
     config = load_config(config_path)
-    root_path, path = Path(root), Path(config_path)
+    layout = RootLayout(Path(root), config.store.uri_prefix)
+    path = Path(config_path)
     wanted = set(config.probe.encoders)
     model_dirs: dict[str, Path] = {}
     model_run_ids: dict[str, str | None] = {}
-    open_for_probe(config, root_path)  # a store without features fails here, before any training
+    open_for_probe(config, layout)  # a store without features fails here, before any training
     if "supervised" in wanted:
-        trained = trained_model(config, root_path, path)
-        model_dirs["supervised"], model_run_ids["supervised"] = Path(trained["model_dir"]), trained["model_run_id"]
+        trained = trained_model(config, layout, path)
+        model_dirs["supervised"], model_run_ids["supervised"] = model_folder(trained), trained.model_run_id
     simclr = None
     if wanted & {"simclr", "simclr_finetuned"}:
-        simclr = pretrain_task(config, root_path)
+        simclr = pretrain_task(config, layout)
         if "simclr_finetuned" in wanted:
-            tuned = trained_model(finetune_config(config, simclr["weights"]), root_path, path)
-            model_dirs["simclr_finetuned"] = Path(tuned["model_dir"])
-            model_run_ids["simclr_finetuned"] = tuned["model_run_id"]
-    summary = probe_task(config, root_path, model_dirs, simclr, model_run_ids)
-    record_probe(root_path, config.model_dump(mode="json"), summary, path)
-    save_summary(summary)  # now with its MLflow run id
-    return summary
+            tuned = trained_model(finetune_config(config, simclr.weights), layout, path)
+            model_dirs["simclr_finetuned"], model_run_ids["simclr_finetuned"] = model_folder(tuned), tuned.model_run_id
+    result = probe_task(config, layout, model_dirs, simclr, model_run_ids)
+    result.mlflow_run_id = record_probe(layout, config, result, table=probe_table(result), config_path=path)
+    save_summary(result)  # now with its MLflow run id
+    return result
 
 
-def cli_run(args: argparse.Namespace) -> dict[str, Any]:
+def cli_run(args: argparse.Namespace) -> ProbeResult:
     return probe_flow(config_path=str(Path(args.config).resolve()), root=str(args.root.resolve()))
 
 
-def _cell(r: dict[str, Any]) -> str:
-    return f"{100 * r['accuracy']:5.1f}% {r['mutual_information']:6.3f}"
+def _cell(r: TargetProbe) -> str:
+    return f"{100 * r.accuracy:5.1f}% {r.mutual_information:6.3f}"
 
 
-def cli_print(summary: dict[str, Any]) -> None:
-    targets = summary["targets"]
-    print(f"dataset {summary['dataset']} version {summary['version']}: linear probes on held-out sequences "
-          f"({summary['held_out_sequences']} sequences, {summary['n_probe_frames']['test']} frames)")
+def cli_print(result: ProbeResult) -> None:
+    targets = result.targets
+    print(f"dataset {result.dataset} version {result.version}: linear probes on held-out sequences "
+          f"({result.held_out_sequences} sequences, {result.n_probe_frames.test} frames)")
     print("  accuracy and I(Z;Y) lower bound (nats) per target")
     print(f"  {'encoder':18}" + "".join(f"{t:>16}" for t in targets))
     print(f"  {'chance / H(Y)':18}" + "".join(
-        f"{100 * summary['chance'][t]:>8.1f}% {summary['entropy'][t]:6.3f}" for t in targets))
-    for enc in summary["encoders"]:
-        print(f"  {enc:18}" + "".join(f"{_cell(summary['results'][enc][t]):>16}" for t in targets))
-    for t, reason in summary["skipped_targets"].items():
+        f"{100 * result.chance[t]:>8.1f}% {result.entropy[t]:6.3f}" for t in targets))
+    for enc in result.encoders:
+        print(f"  {enc:18}" + "".join(f"{_cell(result.results[enc][t]):>16}" for t in targets))
+    for t, reason in result.skipped_targets.items():
         print(f"  target {t} skipped: {reason}")
-    print(f"  table and figures: {summary['outputs']}")
-    print(f"  MLflow run {summary['mlflow_run_id']}")
+    print(f"  table and figures: {result.outputs}")
+    print(f"  MLflow run {result.mlflow_run_id}")

@@ -6,7 +6,7 @@ pipeline run and a batch never write the same stores at once):
   `prefect deployment run pipeline/<dataset>`);
 - `reprocess/<dataset>`: `reprocess_flow(trigger="new-batch")`, given `batch_path` per run.
 With `--watch DIR` a watcher thread scans DIR every `--interval` seconds and creates one
-`reprocess/<dataset>` run per new batch (see flows.watch for what a batch is and the ledger).
+`reprocess/<dataset>` run per new batch (what a batch is: tasks.inbox; the ledger: tasks.ledger).
 
 Why a polling thread that calls `run_deployment`, not a scan deployment on an interval schedule:
 Prefect has no file-system trigger, and a scan flow run every few seconds would fill the UI with
@@ -22,8 +22,8 @@ Schedules never fire on Prefect's ephemeral API, so serving needs a running Pref
 `prefect server start --host 127.0.0.1` and `PREFECT_API_URL=http://127.0.0.1:4200/api`.
 
 For a work pool instead of `serve` (flows run by `prefect worker start`):
-    python -m flows.serve deploy CONFIG --pool POOL [--cron EXPR] [--root DIR]
-    python -m flows.serve watch CONFIG --watch DIR [--interval S] [--root DIR]
+    annostyle deploy CONFIG --pool POOL [--cron EXPR] [--root DIR]
+    annostyle watch CONFIG --watch DIR [--interval S] [--root DIR]
 """
 
 from __future__ import annotations
@@ -40,10 +40,15 @@ import sys
 import threading
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
+from uuid import UUID
 
+from configs.schema import load_config
 from errors import InputError
-from flows.settings import DEFAULT_ROOT, apply_defaults, setup_logging
+from flows.watch import Watcher
+from storage.layout import RootLayout
+from storage.results.serve import DeployResult, ServeResult, WatchResult
+from tasks.ledger import ledger_lock
 
 log = logging.getLogger(__name__)
 
@@ -89,23 +94,24 @@ def check_cron(expr: str | None) -> None:
 
 def build_deployments(config_path: Path, root: Path, dataset: str, cron: str | None,
                       env: dict[str, str] | None = None) -> list[Any]:
-    """The pipeline (on `cron`) and reprocess deployments; `env` becomes a work pool's job env."""
+    """The pipeline (on `cron`) and reprocess deployments (Prefect `RunnerDeployment`s); `env`
+    becomes a work pool's job env."""
     from prefect.deployments.runner import EntrypointType
 
     from flows.pipeline import pipeline_flow
     from flows.reprocess import reprocess_flow
 
     common = {"config_path": str(config_path), "root": str(root)}
-    extra: dict[str, Any] = {"entrypoint_type": EntrypointType.MODULE_PATH, "tags": ["annostyle", dataset]}
-    if env:
-        extra["job_variables"] = {"env": env}
+    tags, job = ["annostyle", dataset], {"env": env} if env else None
     return [
         pipeline_flow.to_deployment(
             name=dataset, cron=cron, parameters={**common, "trigger": "schedule"},
-            description=f"annostyle pipeline for {dataset} (config {config_path}, root {root})", **extra),
+            description=f"annostyle pipeline for {dataset} (config {config_path}, root {root})",
+            entrypoint_type=EntrypointType.MODULE_PATH, tags=tags, job_variables=job),
         reprocess_flow.to_deployment(
             name=dataset, parameters={**common, "trigger": "new-batch"},
-            description=f"annostyle reprocess of one new {dataset} batch (pass batch_path)", **extra),
+            description=f"annostyle reprocess of one new {dataset} batch (pass batch_path)",
+            entrypoint_type=EntrypointType.MODULE_PATH, tags=tags, job_variables=job),
     ]
 
 
@@ -133,43 +139,38 @@ def heartbeat_seconds() -> int:
     return seconds
 
 
-def _watcher(config_path: Path, root: Path, folder: Path, interval: float, dataset: str) -> Any:
-    from flows.watch import Watcher
-
+def _watcher(config_path: Path, layout: RootLayout, folder: Path, interval: float, dataset: str) -> Watcher:
     if not folder.is_dir():
         raise InputError(folder, "--watch", str(folder), "the watched folder does not exist")
-    return Watcher(config_path, root, folder, interval, deployment_names(dataset)["reprocess"],
+    return Watcher(config_path, layout, folder, interval, deployment_names(dataset)["reprocess"],
                    heartbeat=heartbeat_seconds())
 
 
-def _ledger_counts(watcher: Any) -> dict[str, int]:
-    return dict(Counter(r["status"] for r in watcher.ledger["batches"].values())) if watcher else {}
+def _ledger_counts(watcher: Watcher | None) -> dict[str, int]:
+    return dict(Counter(r.status for r in watcher.ledger.batches.values())) if watcher else {}
 
 
 def serve(config_path: Path, root: Path, cron: str | None = None, watch: Path | None = None,
-          interval: float | None = None) -> dict[str, Any]:
+          interval: float | None = None) -> ServeResult:
     """Serve both deployments (and watch a folder) until interrupted; returns what was served."""
-    from configs.schema import load_config
-    from flows.watch import ledger_lock, ledger_path
-
-    config_path, root = Path(config_path).resolve(), Path(root).resolve()
-    dataset = load_config(config_path).name
+    config_path = Path(config_path).resolve()
+    config = load_config(config_path)
+    layout, dataset = RootLayout(Path(root), config.store.uri_prefix), config.name
     if interval is not None and watch is None:
         raise InputError("--interval", None, interval, "--interval sets how often --watch scans: give --watch too")
     check_cron(cron)
     url = require_server()
-    deployments = build_deployments(config_path, root, dataset, cron)
-    summary: dict[str, Any] = {"dataset": dataset, "api_url": url, "cron": cron,
-                               "deployments": list(deployment_names(dataset).values()),
-                               "watch": str(Path(watch).resolve()) if watch else None,
-                               "ledger": str(ledger_path(root, dataset)) if watch else None}
+    deployments = build_deployments(config_path, layout.root, dataset, cron)
+    result = ServeResult(dataset=dataset, api_url=url, cron=cron, deployments=list(deployment_names(dataset).values()),
+                         watch=str(Path(watch).resolve()) if watch else None,
+                         ledger=str(layout.watch_ledger(dataset)) if watch else None)
     watcher, stop = None, threading.Event()
-    with ledger_lock(ledger_path(root, dataset)) if watch else contextlib.nullcontext():
+    with ledger_lock(layout.watch_ledger(dataset)) if watch else contextlib.nullcontext():
         if watch:
-            watcher = _watcher(config_path, root, Path(watch).resolve(), interval or DEFAULT_INTERVAL, dataset)
+            watcher = _watcher(config_path, layout, Path(watch).resolve(), interval or DEFAULT_INTERVAL, dataset)
         for deployment in deployments:  # registered before the watcher asks for runs of them
             deployment.apply()
-        log.info("serving %s on %s%s%s", ", ".join(summary["deployments"]), url,
+        log.info("serving %s on %s%s%s", ", ".join(result.deployments), url,
                  f"; pipeline on cron {cron!r}" if cron else "; pipeline on demand (no --cron)",
                  f"; watching {watch}" if watch else "")
         thread = None
@@ -182,8 +183,8 @@ def serve(config_path: Path, root: Path, cron: str | None = None, watch: Path | 
             stop.set()
             if thread:
                 thread.join(timeout=30)
-    summary["batches"] = _ledger_counts(watcher)
-    return summary
+    result.batches = _ledger_counts(watcher)
+    return result
 
 
 def run_served(deployments: list[Any], heartbeat: int) -> None:
@@ -219,13 +220,11 @@ def run_served(deployments: list[Any], heartbeat: int) -> None:
     asyncio.run(main())
 
 
-def deploy(config_path: Path, root: Path, pool: str, cron: str | None = None) -> dict[str, Any]:
+def deploy(config_path: Path, root: Path, pool: str, cron: str | None = None) -> DeployResult:
     """Create both deployments on a process work pool, for `prefect worker start --pool POOL`."""
     from prefect.deployments.runner import deploy as prefect_deploy
 
-    from configs.schema import load_config
-
-    config_path, root = Path(config_path).resolve(), Path(root).resolve()
+    config_path, root = Path(config_path).resolve(), RootLayout(Path(root)).root
     dataset = load_config(config_path).name
     check_cron(cron)
     url = require_server()
@@ -236,68 +235,47 @@ def deploy(config_path: Path, root: Path, pool: str, cron: str | None = None) ->
                              print_next_steps_message=False, ignore_warnings=True)
     except ValueError as err:
         raise InputError("--pool", None, pool, str(err)) from err
-    return {"dataset": dataset, "api_url": url, "pool": pool, "cron": cron,
-            "deployments": list(deployment_names(dataset).values()), "ids": [str(i) for i in ids]}
+    return DeployResult(dataset=dataset, api_url=url, pool=pool, cron=cron,
+                        deployments=list(deployment_names(dataset).values()), ids=[str(i) for i in cast("list[UUID]", ids)])
 
 
-def watch_only(config_path: Path, root: Path, folder: Path, interval: float | None) -> dict[str, Any]:
+def watch_only(config_path: Path, root: Path, folder: Path, interval: float | None) -> WatchResult:
     """Run the watcher alone (deployments on a work pool run the batches) until interrupted."""
-    from configs.schema import load_config
-    from flows.watch import ledger_lock, ledger_path
-
-    config_path, root = Path(config_path).resolve(), Path(root).resolve()
-    dataset = load_config(config_path).name
+    config_path = Path(config_path).resolve()
+    config = load_config(config_path)
+    layout, dataset = RootLayout(Path(root), config.store.uri_prefix), config.name
     require_server()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    with ledger_lock(ledger_path(root, dataset)):
-        watcher = _watcher(config_path, root, Path(folder).resolve(), interval or DEFAULT_INTERVAL, dataset)
+    with ledger_lock(layout.watch_ledger(dataset)):
+        watcher = _watcher(config_path, layout, Path(folder).resolve(), interval or DEFAULT_INTERVAL, dataset)
         try:
             watcher.run(stop)
         except KeyboardInterrupt:
             stop.set()
-    return {"dataset": dataset, "watch": str(folder), "batches": _ledger_counts(watcher)}
+    return WatchResult(dataset=dataset, watch=str(folder), ledger=str(watcher.path), batches=_ledger_counts(watcher))
 
 
-def cli_run(args: argparse.Namespace) -> dict[str, Any]:
+def cli_run(args: argparse.Namespace) -> ServeResult | DeployResult | WatchResult:
+    """`annostyle serve`, `annostyle deploy` and `annostyle watch` (all three live here)."""
+    if args.command == "deploy":
+        return deploy(Path(args.config), args.root, args.pool, args.cron)
+    if args.command == "watch":
+        return watch_only(Path(args.config), args.root, args.watch, args.interval)
     return serve(Path(args.config), args.root, cron=args.cron, watch=args.watch, interval=args.interval)
 
 
-def cli_print(summary: dict[str, Any]) -> None:
-    print(f"stopped serving {', '.join(summary['deployments'])} ({summary['api_url']})")
-    if summary.get("watch"):
-        counts = ", ".join(f"{n} {s}" for s, n in sorted(summary["batches"].items())) or "none"
-        print(f"  watched {summary['watch']}: batches {counts}; ledger {summary['ledger']}")
+def _counts(batches: dict[str, int]) -> str:
+    return ", ".join(f"{n} {s}" for s, n in sorted(batches.items())) or "none"
 
 
-def main(argv: list[str] | None = None) -> int:
-    """`python -m flows.serve deploy|watch ...`: the work-pool form of `annostyle serve`."""
-    parser = argparse.ArgumentParser(prog="python -m flows.serve", description=main.__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    for name in ("deploy", "watch"):
-        cmd = sub.add_parser(name)
-        cmd.add_argument("config")
-        cmd.add_argument("--root", type=Path, default=DEFAULT_ROOT)
-        if name == "deploy":
-            cmd.add_argument("--pool", required=True, help="a process work pool (prefect work-pool create)")
-            cmd.add_argument("--cron", metavar="EXPR")
-        else:
-            cmd.add_argument("--watch", required=True, type=Path, metavar="DIR")
-            cmd.add_argument("--interval", type=float, metavar="SECONDS")
-    args = parser.parse_args(argv)
-    apply_defaults(args.root)
-    setup_logging()
-    try:
-        if args.command == "deploy":
-            summary = deploy(Path(args.config), args.root, args.pool, args.cron)
-        else:
-            summary = watch_only(Path(args.config), args.root, args.watch, args.interval)
-    except InputError as err:
-        print(f"annostyle: error: {err}", file=sys.stderr)
-        return 2
-    print(json.dumps(summary))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+def cli_print(result: ServeResult | DeployResult | WatchResult) -> None:
+    if isinstance(result, DeployResult):
+        print(f"deployed {', '.join(result.deployments)} on work pool {result.pool} ({result.api_url})"
+              + (f"; pipeline on cron {result.cron!r}" if result.cron else ""))
+    elif isinstance(result, WatchResult):
+        print(f"stopped watching {result.watch}: batches {_counts(result.batches)}; ledger {result.ledger}")
+    else:
+        print(f"stopped serving {', '.join(result.deployments)} ({result.api_url})")
+        if result.watch:
+            print(f"  watched {result.watch}: batches {_counts(result.batches)}; ledger {result.ledger}")

@@ -7,6 +7,8 @@ import os
 import sys
 from pathlib import Path
 
+from storage.layout import RootLayout
+
 DEFAULT_ROOT = Path(".annostyle")
 
 
@@ -16,24 +18,24 @@ def apply_defaults(root: Path) -> None:
     Values already in the environment win, so a Prefect server or an MLflow tracking server
     given there is used as it is.
     """
-    root = root.resolve()
+    layout = RootLayout(root)
     defaults = {
-        "PREFECT_HOME": str(root / "prefect"),
+        "PREFECT_HOME": str(layout.prefect_home),
         "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_UI_ENABLED": "false",
         # persisted task results (the pipeline's stage cache); keys name the root they belong to
-        "PREFECT_RESULTS_LOCAL_STORAGE_PATH": str(root / "cache" / "results"),
+        "PREFECT_RESULTS_LOCAL_STORAGE_PATH": str(layout.cache_results_dir),
         "MLFLOW_DISABLE_TELEMETRY": "true",
         "DO_NOT_TRACK": "true",
-        "MPLCONFIGDIR": str(root / "cache" / "matplotlib"),
-        "DASK_TEMPORARY_DIRECTORY": str(root / "cache" / "dask"),
+        "MPLCONFIGDIR": str(layout.matplotlib_dir),
+        "DASK_TEMPORARY_DIRECTORY": str(layout.dask_dir),
         "DASK_LOGGING__DISTRIBUTED": "warning",
         "GIT_PYTHON_REFRESH": "quiet",
     }
     for key, value in defaults.items():
         os.environ.setdefault(key, value)
-    root.mkdir(parents=True, exist_ok=True)
+    layout.root.mkdir(parents=True, exist_ok=True)
 
 
 def setup_logging() -> None:

@@ -1,55 +1,82 @@
-"""The training flow: config -> trained model (or aggregators for label-only data) -> MLflow run."""
+"""The training flow: config -> trained model (or aggregators for label-only data) -> MLflow run.
+
+Also the Prefect tasks of training and fine-tuning (`train_task`, `finetune_task`) that the
+pipeline and reprocess flows run, and `record_training`, the one way a training is recorded.
+"""
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from pathlib import Path
-from typing import Any
 
-from prefect import flow
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
 
 from configs.schema import PipelineConfig, load_config
-from storage.dataset_store import DatasetStore, dataset_uri
+from flows.retry import retry_unless_bad_input
+from storage.dataset_store import DatasetStore
+from storage.layout import RootLayout
+from storage.model_store import RunFolder
+from storage.results.train import AggregatorMetrics, EpochMetrics, TrainResult
 from storage.tracking.train import record_train
-from tasks.model import SPEC
-from tasks.train import MAIN, SUMMARY, run_folder, train_key, train_task
+from tasks.finetune import finetune_new_annotators
+from tasks.train import train_key, train_model
+from tasks.train_figures import train_artifacts
 
 log = logging.getLogger(__name__)
 
+train_task = task(name="train", retries=1, retry_delay_seconds=[2], cache_policy=NO_CACHE,
+                  retry_condition_fn=retry_unless_bad_input)(train_model)
+"""Prefect task; a retry after a crash resumes from the checkpoint."""
+
+finetune_task = task(name="finetune", retries=1, retry_delay_seconds=[2], cache_policy=NO_CACHE,
+                     retry_condition_fn=retry_unless_bad_input)(finetune_new_annotators)
+"""Prefect task of fine-tuning a head for new annotators."""
+
 
 @flow(name="train", validate_parameters=False)
-def train_flow(config_path: str, root: str) -> dict[str, Any]:
+def train_flow(config_path: str, root: str) -> TrainResult:
     """Train the config's annotator model and baselines on its ingested store; record the run."""
-    return train_and_record(load_config(config_path), Path(root), Path(config_path))
+    config = load_config(config_path)
+    return train_and_record(config, RootLayout(Path(root), config.store.uri_prefix), Path(config_path))
 
 
-def train_and_record(config: PipelineConfig, root: Path, config_path: Path | None) -> dict[str, Any]:
+def record_training(layout: RootLayout, config: PipelineConfig, result: TrainResult,
+                    config_path: Path | None = None) -> TrainResult:
+    """Record a training in MLflow (its figures and model made here, in tasks); the result with
+    its run ids (`mlflow_run_id`, and `model_run_id` when there is a model)."""
+    artifacts = train_artifacts(result)
+    try:
+        run_id = record_train(layout, config, result, figures=artifacts.figures, tables=artifacts.tables,
+                              model=artifacts.model, config_path=config_path)
+    finally:
+        artifacts.close()
+    result.mlflow_run_id = run_id
+    if result.model_dir:
+        result.model_run_id = run_id
+    return result
+
+
+def train_and_record(config: PipelineConfig, layout: RootLayout, config_path: Path | None) -> TrainResult:
     """The train task, then its MLflow run (which writes its id into the model's spec)."""
-    summary = train_task(config, root)
-    run_id = record_train(root, config.model_dump(mode="json"), summary, config_path)
-    summary["mlflow_run_id"] = run_id
-    if summary["model_dir"]:
-        summary["model_run_id"] = run_id
-    return summary
+    return record_training(layout, config, train_task(config, layout), config_path)
 
 
-def trained_model(config: PipelineConfig, root: Path, config_path: Path | None) -> dict[str, Any]:
+def trained_model(config: PipelineConfig, layout: RootLayout, config_path: Path | None) -> TrainResult:
     """The model this config trains on the store's latest version: the recorded one when it
     exists (same dataset version and train settings), else trained and recorded now."""
-    store = DatasetStore.open(dataset_uri(root, config.name, config.store.uri_prefix))
-    folder = run_folder(root, config.name, train_key(store.version, config.train))
-    if (folder / SUMMARY).is_file() and (folder / MAIN / SPEC).is_file():
-        spec = json.loads((folder / MAIN / SPEC).read_text())
-        if spec.get("model_run_id"):
-            log.info("using the trained model in %s (MLflow run %s)", folder, spec["model_run_id"])
-            summary = json.loads((folder / SUMMARY).read_text())
-            return {**summary, "model_run_id": spec["model_run_id"], "mlflow_run_id": spec["model_run_id"]}
-    return train_and_record(config, root, config_path)
+    store = DatasetStore.open(layout.dataset_uri(config.name))
+    run = RunFolder(layout.run_dir(config.name, train_key(store.version, config.train)))
+    finished = run.finished_model()
+    if finished is not None and finished[1].model_run_id:
+        result, spec = finished
+        log.info("using the trained model in %s (MLflow run %s)", run.path, spec.model_run_id)
+        return result.model_copy(update={"model_run_id": spec.model_run_id, "mlflow_run_id": spec.model_run_id})
+    return train_and_record(config, layout, config_path)
 
 
-def cli_run(args: argparse.Namespace) -> dict[str, Any]:
+def cli_run(args: argparse.Namespace) -> TrainResult:
     return train_flow(config_path=str(Path(args.config).resolve()), root=str(args.root.resolve()))
 
 
@@ -57,24 +84,25 @@ def _pct(v: float | None) -> str:
     return "-" if v is None else f"{100 * v:.1f}%"
 
 
-def cli_print(summary: dict[str, Any]) -> None:
-    m = summary["metrics"]
-    print(f"dataset {summary['dataset']} version {summary['version']}")
-    if summary["head"] is None:
-        print(f"  no model: {summary['reason']}")
-        for method in ("mv", "ds"):
-            if method in m:
-                print(f"  {method.upper()} consensus vs gold: {_pct(m[method]['consensus_accuracy'])} "
-                      f"({m[method]['n_gold']} items with gold)")
-        print(f"  MLflow run {summary['mlflow_run_id']}")
+def cli_print(result: TrainResult) -> None:
+    m = result.metrics
+    print(f"dataset {result.dataset} version {result.version}")
+    if result.head is None:
+        print(f"  no model: {result.reason}")
+        for method, agg in m.baselines().items():
+            if isinstance(agg, AggregatorMetrics):
+                print(f"  {method.upper()} consensus vs gold: {_pct(agg.consensus_accuracy)} "
+                      f"({agg.n_gold} items with gold)")
+        print(f"  MLflow run {result.mlflow_run_id}")
         return
-    resumed = f", resumed from epoch {summary['resumed_from_epoch']}" if summary.get("resumed_from_epoch") else ""
-    print(f"  {summary['head']} head on a {summary['encoder']} encoder, {summary['device']}, "
-          f"{summary['epochs']} epochs (best {summary['best_epoch']}){resumed}, {summary['seconds']:.0f} s")
-    rows = [("model", m), *[(b, m[b]) for b in ("mv", "ds") if b in m]]
+    resumed = f", resumed from epoch {result.resumed_from_epoch}" if result.resumed_from_epoch else ""
+    print(f"  {result.head} head on a {result.encoder} encoder, {result.device}, "
+          f"{result.epochs} epochs (best {result.best_epoch}){resumed}, {result.seconds or 0:.0f} s")
+    rows = [("model", m), *m.baselines().items()]
     print(f"  {'':6} {'val acc':>8} {'per-ann mean':>12} {'consensus':>10} {'test':>8}")
     for name, r in rows:
-        print(f"  {name:6} {_pct(r['val_accuracy']):>8} {_pct(r['val_accuracy_annotator_mean']):>12} "
-              f"{_pct(r['consensus_accuracy']):>10} {_pct(r['test_accuracy']):>8}")
-    print(f"  model {summary['model_dir']}")
-    print(f"  MLflow run {summary['mlflow_run_id']}")
+        if isinstance(r, EpochMetrics):
+            print(f"  {name:6} {_pct(r.val_accuracy):>8} {_pct(r.val_accuracy_annotator_mean):>12} "
+                  f"{_pct(r.consensus_accuracy):>10} {_pct(r.test_accuracy):>8}")
+    print(f"  model {result.model_dir}")
+    print(f"  MLflow run {result.mlflow_run_id}")

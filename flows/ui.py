@@ -9,17 +9,16 @@ import subprocess
 import sys
 import time
 import urllib.request
-from pathlib import Path
-from typing import Any
 
 from errors import InputError
+from storage.layout import RootLayout
+from storage.results.runs import UiResult
 
 
-def server_command(root: Path, port: int, host: str = "127.0.0.1") -> list[str]:
+def server_command(layout: RootLayout, port: int, host: str = "127.0.0.1") -> list[str]:
     """`mlflow server` on the root's SQLite store and artifact folder, one worker."""
-    root = Path(root).resolve()
-    return [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-            "--artifacts-destination", str(root / "mlartifacts"), "--host", host, "--port", str(port),
+    return [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", layout.local_tracking_uri,
+            "--artifacts-destination", str(layout.mlflow_artifacts), "--host", host, "--port", str(port),
             "--workers", "1"]
 
 
@@ -55,13 +54,15 @@ def stop(process: subprocess.Popen, timeout: float = 20.0) -> int:
     return process.returncode
 
 
-def cli_run(args: argparse.Namespace) -> dict[str, Any]:
-    root = args.root.resolve()
-    if not (root / "mlflow.db").exists():
-        raise InputError(str(root), None, "mlflow.db", "no tracking store here yet: run `annostyle run CONFIG` first")
+def cli_run(args: argparse.Namespace) -> UiResult:
+    layout = RootLayout(args.root)
+    root = layout.root
+    if not layout.mlflow_db.exists():
+        raise InputError(str(root), None, layout.mlflow_db.name,
+                         "no tracking store here yet: run `annostyle run CONFIG` first")
     url = f"http://127.0.0.1:{args.port}"
     # its own session: Ctrl-C reaches only this process, which then stops the whole server group
-    process = subprocess.Popen(server_command(root, args.port), env=server_env(), start_new_session=True,
+    process = subprocess.Popen(server_command(layout, args.port), env=server_env(), start_new_session=True,
                                stdout=subprocess.DEVNULL)
     try:
         wait_ready(url, process)
@@ -71,8 +72,8 @@ def cli_run(args: argparse.Namespace) -> dict[str, Any]:
         pass
     finally:
         code = stop(process)
-    return {"url": url, "root": str(root), "stopped": True, "server_exit_code": code}
+    return UiResult(url=url, root=str(root), stopped=True, server_exit_code=code)
 
 
-def cli_print(summary: dict[str, Any]) -> None:
-    print(f"MLflow UI at {summary['url']} stopped")
+def cli_print(result: UiResult) -> None:
+    print(f"MLflow UI at {result.url} stopped")

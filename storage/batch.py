@@ -69,7 +69,7 @@ class Batch:
     features: np.ndarray | None = None
     item_names: list[str] | None = None
     sources: dict[str, str] = field(default_factory=dict)
-    meta: dict[str, Any] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)  # JSON boundary: kept in the manifest
     replace: bool = False
 
     @property
@@ -105,9 +105,9 @@ class Batch:
         for name, codes in (("label", self.labels), ("gold", self.gold)):
             if codes is None or codes.size == 0:
                 continue
-            bad = (codes < MISSING) | (codes >= n_classes)
-            if bad.any():
-                raise InputError(src, name, int(codes[bad].flat[0]), f"code outside the {n_classes} classes")
+            outside = (codes < MISSING) | (codes >= n_classes)
+            if outside.any():
+                raise InputError(src, name, int(codes[outside].flat[0]), f"code outside the {n_classes} classes")
         if self.gold is not None and self.gold.shape != (self.n_frames,):
             raise InputError(self.sources.get("gold", src), "gold", self.gold.shape, "need one gold value per frame")
         if self.features is not None:
@@ -139,7 +139,7 @@ class Batch:
         if self.gold is not None:
             h.update(np.ascontiguousarray(self.gold, dtype=np.int16).tobytes())
         if self.features is not None:
-            h.update(memoryview(np.ascontiguousarray(self.features, dtype=np.float32)).cast("B"))
+            h.update(np.ascontiguousarray(self.features, dtype=np.float32).data.cast("B"))
         return h.hexdigest()
 
 

@@ -34,7 +34,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import zarr
@@ -44,7 +44,7 @@ from configs.base import CodecConfig
 from configs.schema import StoreConfig
 from errors import InputError
 from storage.batch import MISSING, Batch
-from storage.location import is_local, local_path, store_uri
+from storage.location import is_local, local_path
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,22 @@ WRITE_SLAB_FRAMES = 1 << 22  # frames per write call: large calls let Zarr encod
 def chain_version(previous: str, batch_hash: str) -> str:
     """The version id after committing a batch: a hash over the history of batch hashes."""
     return hashlib.sha256(f"{previous}:{batch_hash}".encode()).hexdigest()[:16]
+
+
+def _array(group: zarr.Group, name: str) -> zarr.Array:
+    """`group[name]`, which the store's layout makes an array (anything else is a damaged store)."""
+    node = group[name]
+    if not isinstance(node, zarr.Array):
+        raise InputError(str(group.store_path), name, type(node).__name__, "not an array: a damaged dataset store")
+    return node
+
+
+def _group(group: zarr.Group, name: str) -> zarr.Group:
+    """`group[name]`, which the store's layout makes a group (anything else is a damaged store)."""
+    node = group[name]
+    if not isinstance(node, zarr.Group):
+        raise InputError(str(group.store_path), name, type(node).__name__, "not a group: a damaged dataset store")
+    return node
 
 
 def blosc(codec: CodecConfig) -> BloscCodec:
@@ -94,11 +110,11 @@ class DatasetStore:
     def __init__(self, group: zarr.Group, uri: str, version: str | None = None) -> None:
         self.group = group
         self.uri = uri
-        attrs = dict(group.attrs)
+        attrs: dict[str, Any] = dict(group.attrs)  # JSON boundary: the group's zarr.json attributes
         if attrs.get("format") != FORMAT:
             raise InputError(uri, "format", attrs.get("format"), "not an annostyle dataset store")
-        self.manifest: dict[str, Any] = attrs["manifest"]
-        self.pending: dict[str, Any] | None = attrs.get("pending")
+        self.manifest: dict[str, Any] = attrs["manifest"]  # JSON boundary: the manifest (module docstring)
+        self.pending: dict[str, Any] | None = attrs.get("pending")  # JSON boundary: the pending marker
         self._offsets: tuple[str, np.ndarray] | None = None  # (version, offsets)
         batches = self.manifest["batches"]
         if version is None:
@@ -122,7 +138,7 @@ class DatasetStore:
         """Create an empty store; `classes` fixes the first classes and their order."""
         uri = str(uri)
         group = zarr.open_group(uri, mode="w-", zarr_format=3)
-        manifest = {
+        manifest: dict[str, Any] = {  # JSON boundary: the manifest
             "classes": list(classes or []),
             "class_names": list(class_names or classes or []),
             "annotators": [],
@@ -133,7 +149,7 @@ class DatasetStore:
         return cls(group, uri)
 
     @classmethod
-    def open(cls, uri: str | Path, version: str | None = None, mode: str = "r") -> DatasetStore:
+    def open(cls, uri: str | Path, version: str | None = None, mode: Literal["r", "r+"] = "r") -> DatasetStore:
         """Open at the latest committed version, or at a named one."""
         uri = str(uri)
         try:
@@ -152,7 +168,7 @@ class DatasetStore:
 
     # ------------------------------------------------------------- properties
     @property
-    def batches(self) -> list[dict[str, Any]]:
+    def batches(self) -> list[dict[str, Any]]:  # JSON boundary: the manifest's batch entries
         return self.manifest["batches"][: self.batch_count]
 
     @property
@@ -195,7 +211,7 @@ class DatasetStore:
     @property
     def features(self) -> zarr.Array:
         """The features array (may be longer than `n_frames` while a batch is written)."""
-        return self.group["features"]
+        return _array(self.group, "features")
 
     @property
     def offsets(self) -> np.ndarray:
@@ -204,7 +220,7 @@ class DatasetStore:
             return np.zeros(1, dtype=np.int64)
         cached = self._offsets
         if cached is None or cached[0] != self.version:
-            offsets = self.group["offsets"][: self.n_sequences + 1]
+            offsets = np.asarray(_array(self.group, "offsets")[: self.n_sequences + 1])
             offsets.flags.writeable = False
             cached = self._offsets = (self.version, offsets)
         return cached[1]
@@ -213,16 +229,16 @@ class DatasetStore:
     def sequence_names(self) -> np.ndarray:
         if not self.batch_count:
             return np.array([], dtype=str)
-        return np.asarray(self.group["sequence_names"][: self.n_sequences])
+        return np.asarray(_array(self.group, "sequence_names")[: self.n_sequences])
 
     @property
     def item_names(self) -> np.ndarray | None:
         if "item_names" not in self.group:
             return None
-        return np.asarray(self.group["item_names"][: self.n_frames])
+        return np.asarray(_array(self.group, "item_names")[: self.n_frames])
 
     @property
-    def meta(self) -> dict[str, Any]:
+    def meta(self) -> dict[str, Any]:  # JSON boundary: the batches' manifest metadata
         """Batch metadata merged in batch order (for example the demo's ground truth)."""
         out: dict[str, Any] = {}
         for batch in self.batches:
@@ -232,14 +248,14 @@ class DatasetStore:
     def read_labels(self, start: int = 0, stop: int | None = None) -> np.ndarray:
         """Labels of frames [start, stop) at this version, (frames, n_annotators) int16."""
         stop = self.n_frames if stop is None else min(stop, self.n_frames)
-        rows = self.group["labels"][start:stop, : self.n_annotators] if self.batch_count else \
-            np.zeros((0, 0), np.int16)
+        rows = np.asarray(_array(self.group, "labels")[start:stop, : self.n_annotators]) if self.batch_count \
+            else np.zeros((0, 0), np.int16)
         return self._overlay("labels", rows, start, stop)
 
     def read_gold(self, start: int = 0, stop: int | None = None) -> np.ndarray:
         """Gold labels of frames [start, stop) at this version, -1 = unknown."""
         stop = self.n_frames if stop is None else min(stop, self.n_frames)
-        rows = self.group["gold"][start:stop] if self.batch_count else np.zeros(0, np.int16)
+        rows = np.asarray(_array(self.group, "gold")[start:stop]) if self.batch_count else np.zeros(0, np.int16)
         return self._overlay("gold", rows, start, stop)
 
     def _overlays(self) -> list[int]:
@@ -255,12 +271,12 @@ class DatasetStore:
             return rows
         rows = np.array(rows, copy=True)
         for index in overlays:
-            hist = self.group[f"history/{index}"]
-            frames = hist["frames"][:]
+            hist = _group(self.group, f"history/{index}")
+            frames = np.asarray(_array(hist, "frames")[:])
             inside = (frames >= start) & (frames < stop)
             if not inside.any():
                 continue
-            prior = hist[name][:][inside]
+            prior = np.asarray(_array(hist, name)[:])[inside]
             if name == "labels":
                 width = min(prior.shape[1], rows.shape[1])
                 rows[frames[inside] - start, :] = MISSING
@@ -269,7 +285,7 @@ class DatasetStore:
                 rows[frames[inside] - start] = prior
         return rows
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self) -> dict[str, Any]:  # JSON boundary: the store part of IngestResult / `--json`
         """Counts and names at this version, as JSON-able values."""
         return {
             "version": self.version,
@@ -341,7 +357,7 @@ class DatasetStore:
 
     def _reload(self) -> None:
         self.group = zarr.open_group(self.uri, mode="r+", zarr_format=3)
-        attrs = dict(self.group.attrs)
+        attrs: dict[str, Any] = dict(self.group.attrs)  # JSON boundary: the group's zarr.json attributes
         self.manifest, self.pending = attrs["manifest"], attrs.get("pending")
         self.batch_count = len(self.manifest["batches"])
 
@@ -352,22 +368,23 @@ class DatasetStore:
         index = self.pending["batch"]
         log.warning("rolling back the interrupted append of batch %d (store %s)", index, self.uri)
         t = self.totals
-        labels, gold = self.group.get("labels"), self.group.get("gold")
+        has_arrays = "labels" in self.group  # the first batch may have died before creating them
         if self.pending.get("history"):
-            hist = self.group[f"history/{index}"]
-            frames = hist["frames"][:]
-            prior = hist["labels"][:]
+            labels, gold = _array(self.group, "labels"), _array(self.group, "gold")
+            hist = _group(self.group, f"history/{index}")
+            frames = np.asarray(_array(hist, "frames")[:])
+            prior = np.asarray(_array(hist, "labels")[:])
             rows = np.full((len(frames), labels.shape[1]), MISSING, np.int16)
             rows[:, : prior.shape[1]] = prior
             labels.set_orthogonal_selection((frames, slice(None)), rows)
-            gold.set_orthogonal_selection((frames,), hist["gold"][:])
-        if labels is not None and labels.shape[0] > t["n_frames"]:
+            gold.set_orthogonal_selection((frames,), np.asarray(_array(hist, "gold")[:]))
+        if has_arrays and _array(self.group, "labels").shape[0] > t["n_frames"]:
             # partial chunks keep their bytes when an array shrinks: blank them first
-            labels[t["n_frames"]:] = MISSING
-            gold[t["n_frames"]:] = MISSING
+            _array(self.group, "labels")[t["n_frames"]:] = MISSING
+            _array(self.group, "gold")[t["n_frames"]:] = MISSING
         for name, shape in self._committed_shapes().items():
-            if name in self.group and self.group[name].shape != shape:
-                self.group[name].resize(shape)
+            if name in self.group and _array(self.group, name).shape != shape:
+                _array(self.group, name).resize(shape)
         if f"history/{index}" in self.group:
             del self.group[f"history/{index}"]
         self.group.attrs.put({"format": FORMAT, "format_version": FORMAT_VERSION, "manifest": self.manifest})
@@ -384,11 +401,11 @@ class DatasetStore:
             "item_names": (t["n_frames"],),
         }
         if "features" in self.group:
-            shapes["features"] = (t["n_frames"], *self.group["features"].shape[1:])
+            shapes["features"] = (t["n_frames"], *self.features.shape[1:])
         return shapes
 
     def _stored_bytes(self) -> int:
-        return sum(self.group[name].nbytes_stored() for name in
+        return sum(_array(self.group, name).nbytes_stored() for name in
                    ("features", "labels", "gold", "offsets", "sequence_names", "item_names")
                    if name in self.group)
 
@@ -457,10 +474,14 @@ class DatasetStore:
 
         labels_added = int((mapped[new] >= 0).sum())
         labels_replaced = 0
-        merged_labels = prior_labels = prior_gold = merged_gold = None
+        merged_labels: np.ndarray | None = None
+        prior_labels: np.ndarray | None = None
+        prior_gold: np.ndarray | None = None
+        merged_gold: np.ndarray | None = None
         if len(touched):
-            prior_labels = self.group["labels"].get_orthogonal_selection((touched, slice(0, t["n_annotators"])))
-            prior_gold = self.group["gold"].get_orthogonal_selection((touched,))
+            prior_labels = np.asarray(_array(self.group, "labels").get_orthogonal_selection(
+                (touched, slice(0, t["n_annotators"]))))
+            prior_gold = np.asarray(_array(self.group, "gold").get_orthogonal_selection((touched,)))
             width = len(annotators)
             merged_labels = np.full((len(touched), width), MISSING, np.int16)
             merged_labels[:, : t["n_annotators"]] = prior_labels
@@ -524,7 +545,8 @@ class DatasetStore:
             for name, data in (("frames", plan.touched), ("labels", plan.prior_labels), ("gold", plan.prior_gold)):
                 hist.create_array(name, data=np.ascontiguousarray(data), compressors=codec)
         # 2. the pending marker: from here on a crash is rolled back from history
-        base = {"format": FORMAT, "format_version": FORMAT_VERSION, "manifest": self.manifest}
+        # JSON boundary: the group's zarr.json attributes
+        base: dict[str, Any] = {"format": FORMAT, "format_version": FORMAT_VERSION, "manifest": self.manifest}
         g.attrs.put({**base, "pending": {"batch": plan.index, "hash": batch_hash, "history": has_history}})
 
         # 3. arrays: create on the first batch, grow, write new frames, then changed rows
@@ -542,14 +564,18 @@ class DatasetStore:
                 g.create_array("features", shape=(0, *fshape), dtype="float32",
                                chunks=(chunk, *fshape), fill_value=0.0, compressors=codec,
                                dimension_names=["frame", *[f"feature_{i}" for i in range(len(fshape))]])
-        g["labels"].resize((n1, width))
-        g["gold"].resize((n1,))
-        g["offsets"].resize((s1 + 1,))
-        g["sequence_names"].resize((s1,))
-        if "item_names" in g:
-            g["item_names"].resize((n1,))
-        if "features" in g:
-            g["features"].resize((n1, *g["features"].shape[1:]))
+        labels, gold = _array(g, "labels"), _array(g, "gold")
+        offsets, sequence_names = _array(g, "offsets"), _array(g, "sequence_names")
+        item_names = _array(g, "item_names") if "item_names" in g else None
+        features = _array(g, "features") if "features" in g else None
+        labels.resize((n1, width))
+        gold.resize((n1,))
+        offsets.resize((s1 + 1,))
+        sequence_names.resize((s1,))
+        if item_names is not None:
+            item_names.resize((n1,))
+        if features is not None:
+            features.resize((n1, *features.shape[1:]))
 
         if len(plan.new_rows):
             new = plan.new_rows
@@ -557,17 +583,17 @@ class DatasetStore:
             take = (lambda a: a[new[0]: new[-1] + 1]) if contiguous else (lambda a: a[new])
             rows = np.full((len(new), width), MISSING, np.int16)
             rows[:, plan.columns] = take(plan.mapped)
-            self._write_slabs(g["labels"], n0, rows, progress)
-            self._write_slabs(g["gold"], n0, take(plan.gold), progress)
-            if "features" in g:
-                self._write_slabs(g["features"], n0, take(batch.features), progress, "features")
-            if "item_names" in g:
-                g["item_names"][n0:n1] = np.asarray([batch.item_names[i] for i in new])
-            g["offsets"][s0 + 1: s1 + 1] = n0 + np.cumsum(plan.new_lengths)
-            g["sequence_names"][s0:s1] = np.asarray(plan.new_names)
-        if has_history:
-            g["labels"].set_orthogonal_selection((plan.touched, slice(None)), plan.merged_labels)
-            g["gold"].set_orthogonal_selection((plan.touched,), plan.merged_gold)
+            self._write_slabs(labels, n0, rows, progress)
+            self._write_slabs(gold, n0, take(plan.gold), progress)
+            if features is not None and batch.features is not None:
+                self._write_slabs(features, n0, take(batch.features), progress, "features")
+            if item_names is not None and batch.item_names is not None:
+                item_names[n0:n1] = np.asarray([batch.item_names[i] for i in new])
+            offsets[s0 + 1: s1 + 1] = n0 + np.cumsum(plan.new_lengths)
+            sequence_names[s0:s1] = np.asarray(plan.new_names)
+        if plan.merged_labels is not None and plan.merged_gold is not None:  # set when has_history
+            labels.set_orthogonal_selection((plan.touched, slice(None)), plan.merged_labels)
+            gold.set_orthogonal_selection((plan.touched,), plan.merged_gold)
 
         # 4. the commit: one atomic write of the group's attributes, without the marker
         previous = self.version
@@ -590,8 +616,10 @@ class DatasetStore:
             "meta": batch.meta,
             "totals": plan.totals,
         }
-        manifest = {**self.manifest, "classes": plan.classes, "class_names": plan.class_names,
-                    "annotators": plan.annotators, "batches": [*self.manifest["batches"], entry]}
+        manifest: dict[str, Any] = {  # JSON boundary: the manifest
+            **self.manifest, "classes": plan.classes, "class_names": plan.class_names,
+            "annotators": plan.annotators, "batches": [*self.manifest["batches"], entry],
+        }
         g.attrs.put({**base, "manifest": manifest})
         self.manifest, self.pending = manifest, None
         self.batch_count = len(manifest["batches"])
@@ -644,11 +672,6 @@ class _Plan:
     @property
     def n_new_sequences(self) -> int:
         return len(self.new_names)
-
-
-def dataset_uri(root: str | Path, name: str, prefix: str | None = None) -> str:
-    """Where a dataset's store lives: under the root folder, or under `store.uri_prefix`."""
-    return store_uri(root, "datasets", name, prefix)
 
 
 def open_or_create(uri: str, config: StoreConfig, classes: list[str] | None,

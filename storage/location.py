@@ -17,12 +17,8 @@ from __future__ import annotations
 import contextlib
 import shutil
 from pathlib import Path
-from urllib.parse import urlsplit
 
-
-def is_url(uri: str | Path) -> bool:
-    """True for `protocol://...` (including `file://`), False for a plain path."""
-    return "://" in str(uri)
+from configs.uri import is_url, set_protocol_check
 
 
 def is_local(uri: str | Path) -> bool:
@@ -35,41 +31,16 @@ def local_path(uri: str | Path) -> Path:
     return Path(str(uri).removeprefix("file://"))
 
 
-def check_prefix(prefix: str) -> str:
-    """A valid `store.uri_prefix` without a trailing slash; ValueError says what is wrong."""
-    text = prefix.strip()
-    if not is_url(text):
-        if not Path(text).is_absolute():
-            raise ValueError("uri_prefix must be an absolute folder or an fsspec URL such as s3://bucket/prefix")
-        return text.rstrip("/") or "/"
-    parts = urlsplit(text)
-    if parts.password:
-        raise ValueError("uri_prefix must not carry credentials; they come from the environment "
-                         "(AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, ... or fsspec's FSSPEC_* variables)")
-    if parts.query or parts.fragment:
-        raise ValueError("uri_prefix must not have a query or a fragment (options come from the environment)")
-    if not parts.netloc and not parts.path.strip("/"):
-        raise ValueError("uri_prefix needs a bucket or folder after the protocol")
+def check_protocol(scheme: str) -> None:
+    """ValueError unless fsspec knows the protocol and its package is installed (for `store.uri_prefix`)."""
     import fsspec
 
     try:
-        fsspec.get_filesystem_class(parts.scheme)
+        fsspec.get_filesystem_class(scheme)
     except ImportError as err:
-        raise ValueError(f"protocol {parts.scheme!r} needs a package that is not installed: {err}") from err
+        raise ValueError(f"protocol {scheme!r} needs a package that is not installed: {err}") from err
     except ValueError as err:
-        raise ValueError(f"unknown storage protocol {parts.scheme!r}") from err
-    return text.rstrip("/")
-
-
-def redact(uri: str) -> str:
-    """The URI with any password replaced by `***` (for error messages)."""
-    if not isinstance(uri, str) or not is_url(uri):
-        return uri
-    parts = urlsplit(uri)
-    if not parts.password:
-        return uri
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return parts._replace(netloc=netloc).geturl()
+        raise ValueError(f"unknown storage protocol {scheme!r}") from err
 
 
 def store_uri(root: str | Path, kind: str, name: str, prefix: str | None = None) -> str:
@@ -89,3 +60,6 @@ def remove_store(uri: str | Path) -> None:
     fs, path = url_to_fs(str(uri))
     with contextlib.suppress(FileNotFoundError):
         fs.rm(path, recursive=True)
+
+
+set_protocol_check(check_protocol)  # configs checks a `store.uri_prefix` protocol through this

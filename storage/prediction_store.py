@@ -46,7 +46,7 @@ import os
 from collections.abc import Mapping, MutableMapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import quote
 
 import numpy as np
@@ -56,18 +56,14 @@ from configs.analyze import PredictConfig
 from errors import InputError
 from storage.dataset_store import blosc
 from storage.files import atomic_write_bytes
-from storage.location import is_local, local_path, store_uri
+from storage.location import is_local, local_path
+from storage.results.predict import NpzExport
 
 FORMAT = "annostyle.predictions"
 FORMAT_VERSION = 1
 TARGET_CHUNK_BYTES = 8 << 20
 FRAME_ARRAYS = ("logits", "embeddings", "consensus")
 REQUIRED_ATTRS = ("dataset_store", "dataset_version", "model_run_id")
-
-
-def prediction_uri(root: str | Path, name: str, prefix: str | None = None) -> str:
-    """Where a dataset's prediction store lives: under the root folder, or under `store.uri_prefix`."""
-    return store_uri(root, "predictions", name, prefix)
 
 
 def auto_chunk_frames(n_annotators: int, n_classes: int, dtype: str) -> int:
@@ -118,7 +114,7 @@ class PredictionStore:
     def __init__(self, group: zarr.Group, uri: str) -> None:
         self.group = group
         self.uri = uri
-        self.attrs: dict[str, Any] = dict(group.attrs)
+        self.attrs: dict[str, Any] = dict(group.attrs)  # JSON boundary: the group attributes (zarr.json)
         if self.attrs.get("format") != FORMAT:
             raise InputError(uri, "format", self.attrs.get("format"), "not an annostyle prediction store")
 
@@ -191,7 +187,7 @@ class PredictionStore:
         return cls(group, uri)
 
     @classmethod
-    def open(cls, uri: str | Path, mode: str = "r") -> PredictionStore:
+    def open(cls, uri: str | Path, mode: Literal["r", "r+"] = "r") -> PredictionStore:
         uri = str(uri)
         try:
             group = zarr.open_group(uri, mode=mode, zarr_format=3)
@@ -255,6 +251,20 @@ class PredictionStore:
         self.group.attrs.put(attrs)
         self.attrs = attrs
 
+    # ------------------------------------------------------------- nodes
+    def _array(self, name: str) -> zarr.Array:
+        """`group[name]`, which the layout makes an array (anything else is a damaged store)."""
+        node = self.group[name]
+        if not isinstance(node, zarr.Array):
+            raise InputError(self.uri, name, type(node).__name__, "not an array: a damaged prediction store")
+        return node
+
+    def _partials_group(self) -> zarr.Group:
+        node = self.group["partials"]
+        if not isinstance(node, zarr.Group):
+            raise InputError(self.uri, "partials", type(node).__name__, "not a group: a damaged prediction store")
+        return node
+
     # ------------------------------------------------------------- properties
     n_frames = property(lambda self: int(self.attrs["n_frames"]))
     chunk_frames = property(lambda self: int(self.attrs["chunk_frames"]))
@@ -269,25 +279,31 @@ class PredictionStore:
     dataset_store = property(lambda self: str(self.attrs["dataset_store"]))
 
     @property
+    def model_dir(self) -> str | None:
+        """The model folder the predictions were made with (as the predict stage recorded it)."""
+        value = (self.attrs.get("extra") or {}).get("model_dir")
+        return None if value is None else str(value)
+
+    @property
     def logits(self) -> zarr.Array:
         """The logits array (may be longer than `n_frames` after an interrupted `extend`)."""
-        return self.group["logits"]
+        return self._array("logits")
 
     @property
     def embeddings(self) -> zarr.Array:
-        return self.group["embeddings"]
+        return self._array("embeddings")
 
     @property
     def consensus(self) -> zarr.Array:
-        return self.group["consensus"]
+        return self._array("consensus")
 
     @property
     def annotator_embeddings_array(self) -> zarr.Array:
-        return self.group["annotator_embeddings"]
+        return self._array("annotator_embeddings")
 
     def annotator_embeddings(self) -> np.ndarray:
         """The learned annotator embedding table, (n_annotators, e) float32."""
-        return np.asarray(self.group["annotator_embeddings"][:])
+        return np.asarray(self._array("annotator_embeddings")[:])
 
     @property
     def version(self) -> str:
@@ -305,7 +321,7 @@ class PredictionStore:
     def written_counts(self) -> np.ndarray:
         """Frames written in each chunk, counted from the chunk's start."""
         n = _n_chunks(self.n_frames, self.chunk_frames)
-        return np.asarray(self.group["written"][:n])
+        return np.asarray(self._array("written")[:n])
 
     def pending_chunks(self) -> list[tuple[int, int]]:
         """What is left to write, as (start, stop) pieces that each lie within one chunk."""
@@ -350,7 +366,7 @@ class PredictionStore:
             raise ValueError(f"non-finite logits in frames [{start}, {stop}) (as {self.logits.dtype})")
         chunk = self.chunk_frames
         first, last = start // chunk, (stop - 1) // chunk
-        counts = np.asarray(self.group["written"][first: last + 1])
+        counts = np.asarray(self._array("written")[first: last + 1])
         for i, index in enumerate(range(first, last + 1)):
             c0 = index * chunk
             if max(start, c0) > c0 + int(counts[i]):
@@ -362,11 +378,11 @@ class PredictionStore:
         self.embeddings[start:stop] = np.asarray(embeddings, dtype=self.embeddings.dtype)
         self.consensus[start:stop] = np.asarray(consensus, dtype=np.float32)
         ends = np.array([min(stop, (index + 1) * chunk) - index * chunk for index in range(first, last + 1)])
-        self.group["written"][first: last + 1] = np.maximum(counts, ends)
+        self._array("written")[first: last + 1] = np.maximum(counts, ends)
 
     def set_annotator_embeddings(self, table: np.ndarray) -> None:
         """Store the head's annotator embedding table, one row per annotator."""
-        array = self.group["annotator_embeddings"]
+        array = self._array("annotator_embeddings")
         if table.shape != array.shape:
             raise ValueError(f"annotator embeddings shape {table.shape} != {array.shape}")
         array[:] = np.asarray(table, dtype=np.float32)
@@ -382,10 +398,10 @@ class PredictionStore:
         start = self.n_frames
         stop = start + int(n_new_frames)
         for name in FRAME_ARRAYS:
-            array = self.group[name]
+            array = self._array(name)
             array.resize((stop, *array.shape[1:]))
-        self.group["written"].resize((_n_chunks(stop, self.chunk_frames),))
-        attrs = dict(self.group.attrs)
+        self._array("written").resize((_n_chunks(stop, self.chunk_frames),))
+        attrs: dict[str, Any] = dict(self.group.attrs)  # JSON boundary: the group attributes
         attrs["n_frames"] = stop
         attrs["segments"] = [*attrs["segments"], [start, stop]]
         if dataset_version is not None:
@@ -410,11 +426,11 @@ class PredictionStore:
         if "partials" not in self.group:
             return {}
         out = {}
-        for _, array in self.group["partials"].arrays():
-            attrs = dict(array.attrs)
+        for _, array in self._partials_group().arrays():
+            attrs: dict[str, Any] = dict(array.attrs)  # JSON boundary: the partial's attributes
             if attrs.get("stat") != stat or attrs.get("annotators") != self.annotators:
                 continue
-            if attrs["stop"] > self.n_frames:
+            if int(attrs["stop"]) > self.n_frames:
                 continue
             out[(int(attrs["start"]), int(attrs["stop"]))] = np.asarray(array[:])
         return out
@@ -424,9 +440,9 @@ class PredictionStore:
         if "partials" not in self.group:
             return 0
         stop = self.n_frames if stop is None else stop
-        group = self.group["partials"]
+        group = self._partials_group()
         doomed = [name for name, array in group.arrays()
-                  if array.attrs["start"] < stop and array.attrs["stop"] > start]
+                  if _partial_range(array)[0] < stop and _partial_range(array)[1] > start]
         for name in doomed:
             del group[name]
         return len(doomed)
@@ -438,7 +454,7 @@ class PredictionStore:
         offsets: np.ndarray,
         sequence_names: Sequence[str],
         dtype: str = "float32",
-    ) -> dict[str, Any]:
+    ) -> NpzExport:
         """Write the MABe notebook's layout: per sequence, per annotator, `np.savez_compressed` bytes.
 
         `dest` is a folder or a mapping. A folder gets `<sequence>/<annotator>.npz` (names
@@ -456,6 +472,7 @@ class PredictionStore:
         if folder is not None:
             folder.mkdir(parents=True, exist_ok=True)
         annotators = self.annotators
+        # JSON boundary: index.json
         index: dict[str, Any] = {"format": "mabe-npz", "annotators": annotators, "classes": self.classes,
                                  "dtype": dtype, "sequences": []}
         total = 0
@@ -491,16 +508,16 @@ class PredictionStore:
         if folder is not None:
             index["files"] = {a: f"{quote(a, safe='')}.npz" for a in annotators}
             atomic_write_bytes(folder / "index.json", json.dumps(index, indent=1).encode())
-        return {"sequences": n_seq, "files": files, "bytes": total,
-                "dest": str(folder) if folder is not None else "<mapping>"}
+        return NpzExport(sequences=n_seq, files=files, bytes=total,
+                         dest=str(folder) if folder is not None else "<mapping>")
 
     # ---------------------------------------------------------------- summary
-    def summary(self) -> dict[str, Any]:
+    def summary(self) -> dict[str, Any]:  # JSON boundary: the store's summary (PredictResult's first fields)
         """Shape, dtype and sizes, as JSON-able values (what `annostyle predict` reports)."""
         logits = self.logits
         decoded = self.n_frames * self.n_annotators * self.n_classes * logits.dtype.itemsize
         stored_logits = logits.nbytes_stored()
-        stored = sum(self.group[name].nbytes_stored() for name in (*FRAME_ARRAYS, "annotator_embeddings"))
+        stored = sum(self._array(name).nbytes_stored() for name in (*FRAME_ARRAYS, "annotator_embeddings"))
         return {
             "store": self.uri,
             "version": self.version,
@@ -520,9 +537,15 @@ def _n_chunks(n_frames: int, chunk: int) -> int:
     return max(1, -(-n_frames // chunk))
 
 
-def _with_dataset_version(attrs: dict[str, Any], version: str) -> dict[str, Any]:
+def _with_dataset_version(attrs: dict[str, Any], version: str) -> dict[str, Any]:  # JSON boundary: attributes
     """Attributes that say the store follows the dataset store at `version`."""
     return {**attrs, "dataset_version": version, "offsets_source": f"{attrs['dataset_store']}#offsets@{version}"}
+
+
+def _partial_range(array: zarr.Array) -> tuple[int, int]:
+    """The frame range [start, stop) a partial-sums array covers."""
+    attrs: dict[str, Any] = dict(array.attrs)  # JSON boundary: the partial's attributes
+    return int(attrs["start"]), int(attrs["stop"])
 
 
 def _partial_name(stat: str, start: int, stop: int) -> str:

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
+
+from storage.results.train import AggregatorMetrics
 
 log = logging.getLogger(__name__)
 
@@ -56,9 +58,10 @@ class CrowdAggregate:
         if len(table):
             model = MajorityVote() if self.method == "mv" else DawidSkene(n_iter=self.n_iter, tol=self.tol)
             model.fit(table)
-            hard = model.labels_
+            hard, probas = model.labels_, model.probas_
+            if hard is None or probas is None:
+                raise RuntimeError(f"crowd-kit's {self.method} set no labels after fitting")
             self.labels_[hard.index.to_numpy()] = hard.to_numpy().astype(np.int16)
-            probas = model.probas_
             cols = probas.columns.to_numpy().astype(np.int64)
             self.probas_[np.ix_(probas.index.to_numpy(), cols)] = probas.to_numpy(np.float32)
         self.seconds_ = time.perf_counter() - t0
@@ -74,24 +77,21 @@ def accuracy(pred: np.ndarray, truth: np.ndarray) -> float | None:
 
 
 def aggregator_report(labels: np.ndarray, gold: np.ndarray, n_classes: int, annotators: list[str],
-                      methods: tuple[str, ...] | list[str] = METHODS) -> dict[str, Any]:
+                      methods: Sequence[str] = METHODS) -> dict[str, AggregatorMetrics]:
     """Each aggregator's consensus against gold, on the frames that have gold and a crowd label.
 
     Also each annotator's agreement with the aggregate, which is what a label-only dataset can say
     about annotators without a model.
     """
-    out: dict[str, Any] = {}
+    out: dict[str, AggregatorMetrics] = {}
     labelled = (labels >= 0).any(axis=1)
     target = np.where(labelled, gold, -1)
     for method in methods:
         agg = CrowdAggregate(method, n_classes).fit(labels)
-        agree = {}
+        agree: dict[str, float | None] = {}
         for r, name in enumerate(annotators):
             agree[name] = accuracy(agg.labels_, np.where(labels[:, r] >= 0, labels[:, r], -1))
-        out[method] = {
-            "consensus_accuracy": accuracy(agg.labels_, target),
-            "n_gold": int((target >= 0).sum()),
-            "agreement_per_annotator": agree,
-            "seconds": agg.seconds_,
-        }
+        out[method] = AggregatorMetrics(consensus_accuracy=accuracy(agg.labels_, target),
+                                        n_gold=int((target >= 0).sum()), agreement_per_annotator=agree,
+                                        seconds=agg.seconds_)
     return out

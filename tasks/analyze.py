@@ -1,10 +1,12 @@
 """One analysis of a dataset: annotator distances, trees, the embedding comparison, item views.
 
-With a prediction store at `<root>/predictions/<name>.zarr`, distances come from the predicted
+With a prediction store (`RootLayout.prediction_uri`), distances come from the predicted
 probabilities (tasks.distances) and the tree is compared with the tree of the learned
 annotator embeddings; without one (label-only data, or no model yet), distances come from the
-labels (tasks.label_distances). Tables and figures go to `<root>/analysis/<name>/` (replaced
-on every run; MLflow keeps each run's copy); the return value is a JSON-able summary.
+labels (tasks.label_distances). Tables and figures go to
+`RootLayout.analysis_dir` (replaced
+on every run; MLflow keeps each run's copy); the return value is an `AnalysisResult`
+(also written as `summary.json` there).
 """
 
 from __future__ import annotations
@@ -13,67 +15,91 @@ import json
 import logging
 import shutil
 import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Literal
 
 import numpy as np
-from prefect import task
-from prefect.cache_policies import NO_CACHE
+from pydantic import ValidationError
 from threadpoolctl import threadpool_limits
 
 from configs.analyze import AnalyzeConfig
 from configs.schema import PipelineConfig
 from errors import InputError
-from flows.retry import retry_unless_bad_input
-from storage.dataset_store import DatasetStore, dataset_uri
-from storage.prediction_store import PredictionStore, prediction_uri
+from storage.dataset_store import DatasetStore
+from storage.files import atomic_write_bytes
+from storage.layout import RootLayout
+from storage.prediction_store import PredictionStore
+from storage.results.analyze import (
+    AnalysisResult,
+    AriVsTruth,
+    Clusters,
+    EmbeddingTree,
+    ItemLevelSummary,
+    LabelCounts,
+    PartialSums,
+    PredictionStoreRef,
+    StoreRef,
+    Stores,
+)
 from tasks import clustering, figures
 from tasks.distances import dask_scheduler, describe_scheduler, store_distances
 from tasks.label_distances import label_distances, store_pair_counts
 
 log = logging.getLogger(__name__)
+SUMMARY = "summary.json"
 
 
-def analysis_dir(root: Path, name: str) -> Path:
-    return Path(root) / "analysis" / name
-
-
-def analyze(config: PipelineConfig, root: Path, scheduler: str | None = None) -> dict[str, Any]:
-    """Analyse the config's dataset under `root`; `scheduler` overrides `analyze.scheduler`."""
+def analyze(config: PipelineConfig, layout: RootLayout, scheduler: str | None = None) -> AnalysisResult:
+    """Analyse the config's dataset; `scheduler` overrides `analyze.scheduler`."""
     t0 = time.perf_counter()
     cfg = config.analyze
-    data_uri = dataset_uri(root, config.name, config.store.uri_prefix)
+    data_uri = layout.dataset_uri(config.name)
     if not DatasetStore.exists(data_uri):
         raise InputError(data_uri, None, config.name, "no dataset store (run `annostyle ingest` first)")
     dataset = DatasetStore.open(data_uri)
-    out = analysis_dir(root, config.name)
+    out = layout.analysis_dir(config.name)
     shutil.rmtree(out, ignore_errors=True)
     (out / "figures").mkdir(parents=True)
-    pred_uri = prediction_uri(root, config.name, config.store.uri_prefix)
+    pred_uri = layout.prediction_uri(config.name)
     truth = (dataset.meta.get("truth") or {}).get("style_groups")
     address = scheduler or cfg.scheduler
     with threadpool_limits(limits=1):  # small matrices: thread pools only cost here (see tasks.projections)
         if PredictionStore.exists(pred_uri):
             log.info("analysing %s from its prediction store %s", config.name, pred_uri)
-            summary = analyze_predictions(PredictionStore.open(pred_uri, mode="r+"), dataset, cfg, out, truth,
-                                          address)
+            result = analyze_predictions(config.name, PredictionStore.open(pred_uri, mode="r+"), dataset, cfg,
+                                         out, truth, address)
         else:
             log.info("analysing %s from its labels (no prediction store at %s)", config.name, pred_uri)
-            summary = analyze_labels(dataset, cfg, out, truth)
-    summary = _finite({"dataset": config.name, **summary, "outputs": str(out),
-                       "seconds": round(time.perf_counter() - t0, 3)})
-    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
-    return summary
+            result = analyze_labels(config.name, dataset, cfg, out, truth)
+    result.seconds = round(time.perf_counter() - t0, 3)
+    atomic_write_bytes(out / SUMMARY, json.dumps(result.to_json(), indent=1).encode())
+    return result
 
 
+def latest_analysis(layout: RootLayout, name: str) -> AnalysisResult | None:
+    """The last analysis of a dataset (its `summary.json`); None if there is none, or if it was
+    written in a format this version does not read (then it counts as not analysed)."""
+    path = layout.analysis_dir(name) / SUMMARY
+    if not path.is_file():
+        return None
+    try:
+        return AnalysisResult.model_validate_json(path.read_text())
+    except ValidationError as err:
+        log.warning("ignoring the analysis summary %s: %s", path, err)
+        return None
 
-analyze_task = task(analyze, name="analyze", retries=1, retry_delay_seconds=[2],
-                    retry_condition_fn=retry_unless_bad_input, cache_policy=NO_CACHE)
+
+def analysed_version(layout: RootLayout, name: str) -> str | None:
+    """The dataset version the latest analysis was made from (None if there is none)."""
+    latest = latest_analysis(layout, name)
+    return latest.stores.dataset.version if latest else None
 
 
 # --------------------------------------------------------------------------- predictions
-def analyze_predictions(store: PredictionStore, dataset: DatasetStore, cfg: AnalyzeConfig, out: Path,
-                        truth: dict[str, str] | None, address: str | None) -> dict[str, Any]:
+def analyze_predictions(name: str, store: PredictionStore, dataset: DatasetStore, cfg: AnalyzeConfig, out: Path,
+                        truth: dict[str, str] | None, address: str | None) -> AnalysisResult:
     """Prediction-based distances, the trees, the embedding tree and the item-level views."""
     if not store.complete:
         raise InputError(store.uri, "written", store.missing_ranges()[:3],
@@ -85,62 +111,58 @@ def analyze_predictions(store: PredictionStore, dataset: DatasetStore, cfg: Anal
     annotators = store.annotators
     with dask_scheduler(address) as compute_kwargs:
         dist = store_distances(store, cfg.metric, compute_kwargs, cfg.read_chunk_frames)
-    summary, trees = _trees_summary(dist.matrix, annotators, cfg, truth, out, warnings,
-                                    f"{cfg.metric} distance of predicted probabilities",
-                                    euclidean=cfg.metric == "euclidean")
-    summary.update(method="predictions", metric=cfg.metric, scheduler=describe_scheduler(address),
-                   distances=dist.report())
+    trees = _trees(dist.matrix, annotators, cfg, truth, out, warnings,
+                   f"{cfg.metric} distance of predicted probabilities", euclidean=cfg.metric == "euclidean")
 
     table = store.annotator_embeddings()
     primary = cfg.linkage[0]
+    embeddings = None
     if not np.any(table):
         warnings.append("the store holds no annotator embeddings: no embedding tree")
-        summary.update(cophenetic_correlation=None, embeddings=None)
     else:
         emb_tree = clustering.embedding_tree(table, primary)
-        comparison = clustering.compare_trees(trees[primary], emb_tree, annotators, cfg.ks)
-        summary["cophenetic_correlation"] = comparison["cophenetic_correlation"]
-        summary["embeddings"] = {
-            "linkage_method": primary,
-            "linkage": emb_tree.tolist(),
-            "clusters": clustering.clusters_by_k(emb_tree, annotators, cfg.ks),
-            "comparison": comparison,
-        }
-        if truth:
-            summary["ari_vs_truth"]["embeddings"] = clustering.ari_vs_truth(emb_tree, annotators, truth, cfg.ks)
+        embeddings = EmbeddingTree(linkage_method=primary, linkage=emb_tree.tolist(),
+                                   clusters=clustering.clusters_by_k(emb_tree, annotators, cfg.ks),
+                                   comparison=clustering.compare_trees(trees.trees[primary], emb_tree, annotators,
+                                                                       cfg.ks))
+        if trees.ari_vs_truth and truth:
+            trees.ari_vs_truth.embeddings = clustering.ari_vs_truth(emb_tree, annotators, truth, cfg.ks)
         emb_dist = clustering.embedding_distances(table)
         _write_matrix(out / "embedding_distances.csv", emb_dist, annotators)
         (out / "linkage_embeddings.json").write_text(json.dumps(emb_tree.tolist()))
         if cfg.figures:
-            figures.save(figures.dendrograms({f"predictions ({cfg.metric}, {primary})": trees[primary],
+            figures.save(figures.dendrograms({f"predictions ({cfg.metric}, {primary})": trees.trees[primary],
                                               f"annotator embeddings (euclidean, {primary})": emb_tree},
                                              annotators, truth), out / "figures" / "dendrograms.png")
             figures.save(figures.clustermap(table, annotators, "learned annotator embeddings", primary,
                                             value_label="weight"),
                          out / "figures" / "embedding_clustermap.png")
-    if cfg.projections and store.n_frames >= 50:
-        summary["item_level"] = _item_level(store, dataset, cfg, out)
-    summary["stores"] = {
-        "dataset": {"uri": dataset.uri, "version": dataset.version},
-        "predictions": {"uri": store.uri, "version": store.version, "model_run_id": store.model_run_id,
-                        "dataset_version": store.dataset_version},
-    }
-    summary["warnings"] = warnings
-    return summary
+    item_level = _item_level(store, dataset, cfg, out) if cfg.projections and store.n_frames >= 50 else None
+    stores = Stores(dataset=StoreRef(uri=dataset.uri, version=dataset.version),
+                    predictions=PredictionStoreRef(uri=store.uri, version=store.version,
+                                                   model_run_id=store.model_run_id,
+                                                   dataset_version=store.dataset_version))
+    result = trees.result(name, "predictions", cfg.metric, dist.report(), stores, warnings, out)
+    result.scheduler = describe_scheduler(address)
+    result.embeddings = embeddings
+    result.cophenetic_correlation = embeddings.comparison.cophenetic_correlation if embeddings else None
+    result.item_level = item_level
+    return result
 
 
-def _item_level(store: PredictionStore, dataset: DatasetStore, cfg: AnalyzeConfig, out: Path) -> dict[str, Any]:
-    from tasks.projections import item_level, sample_frames
+def _item_level(store: PredictionStore, dataset: DatasetStore, cfg: AnalyzeConfig, out: Path) -> ItemLevelSummary:
+    from tasks.projections import LabelSource, item_level, sample_frames
 
     frames = sample_frames(store.n_frames, store.chunk_frames, cfg.projection_sample, cfg.seed)
     gold = _gold_at(dataset, frames, store.chunk_frames)
+    source: LabelSource
     if (gold >= 0).mean() >= 0.5:
         keep = gold >= 0
         frames, labels, source = frames[keep], gold[keep].astype(np.int64), "gold"
     else:
         consensus = store.consensus.get_orthogonal_selection((frames,))
         labels, source = np.argmax(consensus, axis=1).astype(np.int64), "consensus"
-    embeddings = store.embeddings.get_orthogonal_selection((frames,))
+    embeddings = np.asarray(store.embeddings.get_orthogonal_selection((frames,)))
     methods = ["pca", *(["tsne"] if cfg.tsne else []), *(["umap"] if cfg.umap else [])]
     result = item_level(embeddings, labels, frames, source, methods, cfg.rsm_sample, cfg.seed)
     names = store.class_names
@@ -148,6 +170,7 @@ def _item_level(store: PredictionStore, dataset: DatasetStore, cfg: AnalyzeConfi
         figures.save(figures.projection_grid(result.coords, labels, names,
                                              f"encoder embeddings of {len(frames)} frames, coloured by {source}"),
                      out / "figures" / "projections.png")
+        assert result.rsm is not None and result.rsm_labels is not None  # item_level always makes them
         figures.save(figures.rsm_figure(result.rsm, result.rsm_labels, names,
                                         f"cosine similarity of {len(result.rsm_labels)} frames, sorted by {source}"),
                      out / "figures" / "rsm.png")
@@ -171,8 +194,8 @@ def _gold_at(dataset: DatasetStore, frames: np.ndarray, chunk: int) -> np.ndarra
 
 
 # -------------------------------------------------------------------------------- labels
-def analyze_labels(dataset: DatasetStore, cfg: AnalyzeConfig, out: Path,
-                   truth: dict[str, str] | None) -> dict[str, Any]:
+def analyze_labels(name: str, dataset: DatasetStore, cfg: AnalyzeConfig, out: Path,
+                   truth: dict[str, str] | None) -> AnalysisResult:
     """Label-based distances (agreement or kappa over shared frames) and their trees."""
     annotators = dataset.annotators
     if len(annotators) < 2:
@@ -183,24 +206,21 @@ def analyze_labels(dataset: DatasetStore, cfg: AnalyzeConfig, out: Path,
     seconds = time.perf_counter() - t0
     warnings: list[str] = []
     report = dist.report(annotators)
-    if report["n_low_overlap_pairs"]:
-        warnings.append(f"{report['n_low_overlap_pairs']} of {report['n_pairs']} annotator pairs share fewer than "
+    if report.n_low_overlap_pairs:
+        warnings.append(f"{report.n_low_overlap_pairs} of {report.n_pairs} annotator pairs share fewer than "
                         f"{cfg.min_overlap} labelled items; their distance is imputed ({cfg.impute} = "
-                        f"{report['imputed_value']:.3f})")
+                        f"{report.imputed_value:.3f})")
     label = "1 - Cohen's kappa" if cfg.label_distance == "kappa" else "disagreement rate"
-    summary, trees = _trees_summary(dist.matrix, annotators, cfg, truth, out, warnings, f"{label} (labels)",
-                                    euclidean=False)
-    summary.update(method="labels", metric=cfg.label_distance, cophenetic_correlation=None, embeddings=None,
-                   overlap=report, distances={"seconds": round(seconds, 3), "n_frames": dataset.n_frames})
+    trees = _trees(dist.matrix, annotators, cfg, truth, out, warnings, f"{label} (labels)", euclidean=False)
     _write_matrix(out / "overlap.csv", dist.overlap, annotators)
     _write_matrix(out / "kappa.csv", dist.kappa, annotators)
     _write_matrix(out / "disagreement.csv", dist.disagreement, annotators)
     _write_columns(out / "low_overlap_pairs.csv", {
-        "annotator_a": [p[0] for p in report["low_overlap_pairs"]],
-        "annotator_b": [p[1] for p in report["low_overlap_pairs"]],
-        "overlap": [p[2] for p in report["low_overlap_pairs"]]})
+        "annotator_a": [p[0] for p in report.low_overlap_pairs],
+        "annotator_b": [p[1] for p in report.low_overlap_pairs],
+        "overlap": [p[2] for p in report.low_overlap_pairs]})
     if cfg.figures:
-        shown = {f"labels ({cfg.label_distance}, {m})": trees[m] for m in cfg.linkage[:2]}
+        shown = {f"labels ({cfg.label_distance}, {m})": trees.trees[m] for m in cfg.linkage[:2]}
         figures.save(figures.dendrograms(shown, annotators, truth), out / "figures" / "dendrograms.png")
         figures.save(figures.clustermap(dist.matrix, annotators, f"{label}, annotators ordered by "
                                         f"{cfg.linkage[0]} linkage", cfg.linkage[0], square_distances=True,
@@ -209,43 +229,61 @@ def analyze_labels(dataset: DatasetStore, cfg: AnalyzeConfig, out: Path,
         figures.save(figures.distance_heatmap(np.log10(1 + dist.overlap), annotators,
                                               "shared labelled items per pair", label="log10(1 + items)"),
                      out / "figures" / "overlap_heatmap.png")
-    summary["stores"] = {"dataset": {"uri": dataset.uri, "version": dataset.version}, "predictions": None}
-    summary["warnings"] = warnings
-    return summary
+    result = trees.result(name, "labels", cfg.label_distance,
+                          LabelCounts(seconds=round(seconds, 3), n_frames=dataset.n_frames),
+                          Stores(dataset=StoreRef(uri=dataset.uri, version=dataset.version), predictions=None),
+                          warnings, out)
+    result.overlap = report
+    return result
 
 
 # -------------------------------------------------------------------------------- shared
-def _trees_summary(matrix: np.ndarray, annotators: list[str], cfg: AnalyzeConfig, truth: dict[str, str] | None,
-                   out: Path, warnings: list[str], title: str,
-                   euclidean: bool) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+@dataclass
+class _Trees:
+    """The trees of every linkage method over one distance matrix, their cuts, fit and ARI."""
+
+    annotators: list[str]
+    matrix: np.ndarray
+    primary: str  # the linkage method whose cuts are the reported clusters
+    trees: dict[str, np.ndarray]
+    by_method: dict[str, Clusters]
+    tree_fit: dict[str, float]
+    ari_vs_truth: AriVsTruth | None
+
+    def result(self, name: str, method: Literal["predictions", "labels"], metric: str,
+               distances: PartialSums | LabelCounts, stores: Stores, warnings: list[str],
+               out: Path) -> AnalysisResult:
+        """The analysis result these trees give (`seconds` is set by `analyze`)."""
+        return AnalysisResult(
+            dataset=name, method=method, metric=metric, annotators=self.annotators,
+            distance_matrix=self.matrix.tolist(), linkage_method=self.primary,
+            linkage=self.trees[self.primary].tolist(), clusters=self.by_method[self.primary],
+            clusters_by_method=self.by_method, tree_fit=self.tree_fit, ari_vs_truth=self.ari_vs_truth,
+            distances=distances, stores=stores, warnings=warnings, outputs=str(out), seconds=0.0)
+
+
+def _trees(matrix: np.ndarray, annotators: list[str], cfg: AnalyzeConfig, truth: dict[str, str] | None,
+           out: Path, warnings: list[str], title: str, euclidean: bool) -> _Trees:
     """Trees of every linkage method, their clusters and fit, ARI vs truth, tables and the heatmap."""
     primary = cfg.linkage[0]
-    trees = {m: clustering.tree(matrix, m) for m in cfg.linkage}
+    trees: dict[str, np.ndarray] = {m: clustering.tree(matrix, m) for m in cfg.linkage}
     if "ward" in trees and not euclidean:
         warnings.append("ward linkage assumes euclidean distances; its merge heights are not variances here")
     by_method = {m: clustering.clusters_by_k(z, annotators, cfg.ks) for m, z in trees.items()}
-    summary: dict[str, Any] = {
-        "annotators": annotators,
-        "distance_matrix": matrix.tolist(),
-        "linkage_method": primary,
-        "linkage": trees[primary].tolist(),
-        "clusters": by_method[primary],
-        "clusters_by_method": by_method,
-        "tree_fit": {m: clustering.tree_fit(z, matrix) for m, z in trees.items()},
-        "ari_vs_truth": None,
-    }
+    ari = None
     if truth:
-        summary["ari_vs_truth"] = {"distances": clustering.ari_vs_truth(trees[primary], annotators, truth, cfg.ks),
-                                   "embeddings": None, "truth": {a: truth.get(a) for a in annotators}}
+        ari = AriVsTruth(distances=clustering.ari_vs_truth(trees[primary], annotators, truth, cfg.ks),
+                         embeddings=None, truth={a: truth.get(a) for a in annotators})
     _write_matrix(out / "distance_matrix.csv", matrix, annotators)
     for m, z in trees.items():
         (out / f"linkage_{m}.json").write_text(json.dumps(z.tolist()))
-    (out / "clusters.json").write_text(json.dumps(summary["clusters_by_method"], indent=1))
+    (out / "clusters.json").write_text(json.dumps(by_method, indent=1))
     if cfg.figures:
         leaves = _leaves(trees[primary])
         figures.save(figures.distance_heatmap(matrix, annotators, f"{title}; rows in {primary} tree order", leaves),
                      out / "figures" / "distance_heatmap.png")
-    return summary, trees
+    return _Trees(annotators, matrix, primary, trees, by_method,
+                  {m: clustering.tree_fit(z, matrix) for m, z in trees.items()}, ari)
 
 
 def _leaves(linkage_matrix: np.ndarray) -> list[int]:
@@ -261,52 +299,42 @@ def _write_matrix(path: Path, matrix: np.ndarray, names: list[str]) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
-def _write_columns(path: Path, columns: dict[str, Any]) -> None:
+def _write_columns(path: Path, columns: Mapping[str, np.ndarray | Sequence[str | int]]) -> None:
     names = list(columns)
     rows = zip(*[list(np.asarray(columns[n]).tolist()) for n in names], strict=True)
     path.write_text("\n".join([",".join(names), *(",".join(_csv(v) for v in row) for row in rows)]) + "\n")
 
 
-def _csv(value: Any) -> str:
+def _csv(value: object) -> str:
     text = str(value)
     return f'"{text.replace(chr(34), chr(34) * 2)}"' if any(c in text for c in ',"\n') else text
 
 
-def _finite(value: Any) -> Any:
-    """The summary with NaN and inf replaced by None, so that it is valid JSON."""
-    if isinstance(value, float):
-        return value if np.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    return value
-
-
 # ------------------------------------------------------------------------------ markdown
-def summary_markdown(summary: dict[str, Any], run_link: str | None = None) -> str:
+def summary_markdown(result: AnalysisResult, run_link: str | None = None) -> str:
     """A short Markdown report of the clusters (for the Prefect artifact)."""
-    lines = [f"# Annotator styles: {summary['dataset']}", "",
-             f"Distances from **{summary['method']}** ({summary['metric']}), "
-             f"{len(summary['annotators'])} annotators, {summary['linkage_method']} linkage.", ""]
-    for k, assignment in summary["clusters"].items():
+    lines = [f"# Annotator styles: {result.dataset}", "",
+             f"Distances from **{result.method}** ({result.metric}), "
+             f"{len(result.annotators)} annotators, {result.linkage_method} linkage.", ""]
+    for k, assignment in result.clusters.items():
         lines.append(f"**k = {k}**")
         lines += [f"- cluster {c}: {', '.join(members)}" for c, members in
                   clustering.cluster_members(assignment).items()]
         lines.append("")
-    if summary.get("cophenetic_correlation") is not None:
+    if result.cophenetic_correlation is not None:
         lines.append(f"Cophenetic correlation, predictions tree vs embeddings tree: "
-                     f"{summary['cophenetic_correlation']:.3f}")
-    truth = summary.get("ari_vs_truth")
+                     f"{result.cophenetic_correlation:.3f}")
+    truth = result.ari_vs_truth
     if truth:
-        parts = [f"{name} {value['at_true_k']:.3f}" for name, value in truth.items()
-                 if isinstance(value, dict) and value.get("at_true_k") is not None]
+        parts = [f"{name} {score.at_true_k:.3f}" for name, score in
+                 (("distances", truth.distances), ("embeddings", truth.embeddings))
+                 if score is not None and score.at_true_k is not None]
         lines.append(f"Adjusted Rand index vs the true groups at the true k: {', '.join(parts)}")
-    overlap = summary.get("overlap")
+    overlap = result.overlap
     if overlap:
-        lines.append(f"Pairs with fewer than {overlap['min_overlap']} shared items: "
-                     f"{overlap['n_low_overlap_pairs']} of {overlap['n_pairs']} (imputed)")
-    for warning in summary.get("warnings", []):
+        lines.append(f"Pairs with fewer than {overlap.min_overlap} shared items: "
+                     f"{overlap.n_low_overlap_pairs} of {overlap.n_pairs} (imputed)")
+    for warning in result.warnings:
         lines.append(f"> {warning}")
-    lines += ["", f"MLflow run: `{summary.get('mlflow_run_id')}`" + (f" ({run_link})" if run_link else "")]
+    lines += ["", f"MLflow run: `{result.mlflow_run_id}`" + (f" ({run_link})" if run_link else "")]
     return "\n".join(lines) + "\n"

@@ -26,7 +26,7 @@ def sequence_view(x: torch.Tensor, context: int, mean: torch.Tensor, motion: tor
 
     >>> g = torch.Generator().manual_seed(0)
     >>> x = torch.randn(4, 2 * (15 + 3) + 1, 28)
-    >>> sequence_view(x, 15, torch.zeros(28), torch.ones(28), AugmentConfig(), g).shape
+    >>> sequence_view(x, 15, torch.zeros(28), torch.ones(28), AugmentConfig(time_shift=3), g).shape
     torch.Size([4, 31, 28])
     """
     b, width, f = x.shape

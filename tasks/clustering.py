@@ -13,13 +13,14 @@ first annotator, so equal partitions give equal ids.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 import numpy as np
 from scipy.cluster.hierarchy import cophenet, fcluster, linkage
 from scipy.optimize import linear_sum_assignment
 from scipy.spatial.distance import pdist, squareform
 from sklearn.metrics import adjusted_rand_score
+
+from storage.results.analyze import TreeComparison, TruthScore
 
 
 def cluster_members(assignment: Mapping[str, int]) -> dict[int, list[str]]:
@@ -113,24 +114,24 @@ def moved(first: np.ndarray, second: np.ndarray, annotators: Sequence[str]) -> l
 
 
 def compare_trees(first: np.ndarray, second: np.ndarray, annotators: Sequence[str],
-                  ks: Sequence[int]) -> dict[str, Any]:
+                  ks: Sequence[int]) -> TreeComparison:
     """How two trees over the same annotators agree: cophenetic correlation, ARI and movers per k."""
-    out: dict[str, Any] = {"cophenetic_correlation": cophenetic_correlation(first, second),
-                           "ari": {}, "moved": {}}
+    ari: dict[str, float | None] = {}
+    movers: dict[str, list[str]] = {}
     for k in valid_ks(ks, len(annotators)):
         a, b = cut(first, k), cut(second, k)
-        out["ari"][str(k)] = float(adjusted_rand_score(a, b))
-        out["moved"][str(k)] = moved(a, b, annotators)
-    return out
+        ari[str(k)] = float(adjusted_rand_score(a, b))
+        movers[str(k)] = moved(a, b, annotators)
+    return TreeComparison(cophenetic_correlation=cophenetic_correlation(first, second), ari=ari, moved=movers)
 
 
 def ari_vs_truth(linkage_matrix: np.ndarray, annotators: Sequence[str], truth: Mapping[str, str],
-                 ks: Sequence[int]) -> dict[str, Any]:
+                 ks: Sequence[int]) -> TruthScore:
     """Adjusted Rand index of the tree's cuts against known groups, at the true k and per k."""
     known = [i for i, a in enumerate(annotators) if a in truth]
     groups = [truth[annotators[i]] for i in known]
     true_k = len(set(groups))
-    by_k = {}
+    by_k: dict[str, float | None] = {}
     for k in sorted(set(valid_ks([*ks, true_k], len(annotators)))):
         by_k[str(k)] = float(adjusted_rand_score(groups, cut(linkage_matrix, k)[known]))
-    return {"true_k": true_k, "at_true_k": by_k.get(str(true_k)), "by_k": by_k}
+    return TruthScore(true_k=true_k, at_true_k=by_k.get(str(true_k)), by_k=by_k)

@@ -21,6 +21,8 @@ probabilities, and `annotator_logits` are its logs.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -44,6 +46,7 @@ class ConalHead(AnnotatorHead):
                  aux_hidden: int = 128, lambda_: float = 1e-5, confusion_init: float = 2.0) -> None:
         super().__init__()
         self.n_annotators, self.n_classes, self.lambda_ = n_annotators, n_classes, lambda_
+        self.aux_hidden, self.confusion_init = aux_hidden, confusion_init
         self.norm = nn.LayerNorm(dim)
         self.classifier = nn.Linear(dim, n_classes)
         eye = confusion_init * torch.eye(n_classes)
@@ -94,6 +97,10 @@ class ConalHead(AnnotatorHead):
 
     def annotator_embeddings(self) -> torch.Tensor:
         return self.embedding.detach()
+
+    def spec_options(self) -> dict[str, Any]:  # JSON boundary: the head's section of model.json
+        return {"lambda_": self.lambda_, "embedding_dim": int(self.embedding.shape[1]),
+                "aux_hidden": self.aux_hidden, "confusion_init": self.confusion_init}
 
     @torch.no_grad()
     def add_annotators(self, n: int) -> None:

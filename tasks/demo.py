@@ -23,12 +23,13 @@ features and gold do not depend on `n_sequences`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 
-from configs.schema import DemoSource
+from configs.sources import DemoSource
 from storage.batch import Batch
 
 CLASSES: tuple[str, ...] = ("other", "approach", "attack", "investigation")
@@ -352,6 +353,16 @@ def annotate(bouts: Bouts, style: AnnotatorStyle, rng: np.random.Generator) -> n
     return labels
 
 
+def read_demo(
+    src: DemoSource,
+    classes: Sequence[bool | int | str] | None = None,
+    annotators: Sequence[str] | None = None,
+) -> Batch:
+    """The `demo` reader: the generated batch. The generator names its own classes and annotators,
+    so a config's fixed `classes` and `annotators` do not apply to it (as before the registry)."""
+    return generate_batch(src)
+
+
 def generate_batch(src: DemoSource) -> Batch:
     """Generate the demo batch for a config's `source` section (deterministic for a seed)."""
     spec = DemoSpec.from_source(src)
@@ -399,11 +410,11 @@ def _describe(src: DemoSource) -> str:
     return f"demo(seed={src.seed}, size={src.size}{extra})"
 
 
-def _generator_meta(spec: DemoSpec) -> dict[str, Any]:
+def _generator_meta(spec: DemoSpec) -> dict[str, Any]:  # JSON boundary: batch meta
     return {**asdict(spec), "classes": list(CLASSES), "feature_names": list(FEATURE_NAMES)}
 
 
-def _truth_meta(styles: list[AnnotatorStyle]) -> dict[str, Any]:
+def _truth_meta(styles: list[AnnotatorStyle]) -> dict[str, Any]:  # JSON boundary: batch meta
     return {
         "style_groups": {s.name: s.group for s in styles},
         "styles": {s.name: {k: v for k, v in asdict(s).items() if k != "name"} for s in styles},

@@ -11,8 +11,8 @@ f. Over the F frames and C classes:
 - jensenshannon: sqrt(mean_f JSD(p[f,a], p[f,b])), the root of the per-frame Jensen-Shannon
   divergence (natural log; scipy's `jensenshannon(p, q) ** 2`) averaged over frames.
 
-Each is a function of (A, A) float64 sums over frames ("gram" or "js"), so sums over disjoint
-frame ranges add up: they are computed per Dask chunk, in one pass over the logits, and kept per
+Each is a function of (A, A) float64 sums over frames (a `Statistic`: "gram" or "js"), so sums
+over disjoint frame ranges add up: they are computed per Dask chunk, in one pass over the logits, and kept per
 frame range in the prediction store (`partials/`) so that a new batch costs only its own frames.
 
 Per chunk the work is compiled (Numba, releasing the GIL) and runs on tiles of frames that
@@ -20,6 +20,10 @@ stay in cache, in float64: float16 logits go through a 65,536-entry table of exp
 conversion, no max shift) unless a tile's values could overflow, in which case the chunk takes
 the usual max-shifted softmax. Memory is a few chunks whatever the number of frames
 (benchmarks/distances.py measures it, and the speed against the MABe notebook's method).
+
+Metrics are registered in `configs.analyze.METRICS` (name -> a `DistanceMetric` here: the
+statistic it sums and the distance it makes of the sums). A new metric is one `DistanceMetric`
+(with its own `Statistic` if it needs other sums) and one `register` line there.
 """
 
 from __future__ import annotations
@@ -27,11 +31,11 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cache
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import dask
 import dask.array as da
@@ -39,12 +43,16 @@ import numpy as np
 from scipy.special import entr
 from threadpoolctl import threadpool_limits
 
+from configs.analyze import METRICS
 from storage.prediction_store import PredictionStore, subtract_ranges
+from storage.results.analyze import PartialSums
+from tasks.registry import load
+
+if TYPE_CHECKING:
+    from distributed import Client
 
 log = logging.getLogger(__name__)
 
-Metric = Literal["euclidean", "cosine", "jensenshannon"]
-STAT_OF: dict[str, str] = {"euclidean": "gram", "cosine": "gram", "jensenshannon": "js"}
 BLOCK_FRAMES = 8192  # frames per in-cache block (A * C * 8 KiB * 8 bytes of float64)
 DOT_LOOP_MAX_ANNOTATORS = 16  # NumPy path: up to here, pairwise dot products beat one small GEMM
 TARGET_READ_BYTES = 16 << 20
@@ -142,8 +150,18 @@ def block_sums(logits: np.ndarray, stat: str) -> np.ndarray:
     return _softmax_sums(logits, add, out)
 
 
-def _chunk_sums(block: np.ndarray, stat: str) -> np.ndarray:
-    return block_sums(block, stat)[None]
+def gram_sums(logits: np.ndarray) -> np.ndarray:
+    """G[a, b] = sum over frames and classes of p[f,a,c] p[f,b,c]."""
+    return block_sums(logits, "gram")
+
+
+def js_sums(logits: np.ndarray) -> np.ndarray:
+    """Sum over frames of the Jensen-Shannon divergence (natural log) between a's and b's p[f]."""
+    return block_sums(logits, "js")
+
+
+def _chunk_sums(block: np.ndarray, stat: Statistic) -> np.ndarray:
+    return stat.sums(block)[None]
 
 
 TILE = 256  # frames per tile in the compiled kernels (A * C * TILE float64 stay in L1/L2)
@@ -243,8 +261,59 @@ def _load_kernels() -> _Kernels | None:
 _kernels = _load_kernels()
 
 
+# ------------------------------------------------------------------------- metrics
+@dataclass(frozen=True)
+class Statistic:
+    """(A, A) float64 sums over frames that distances are made of; sums over disjoint frame
+    ranges add up. `name` names its partial sums in the prediction store (`partials/`)."""
+
+    name: str
+    sums: Callable[[np.ndarray], np.ndarray]  # (frames, A, C) logits -> (A, A) sums
+
+
+@dataclass(frozen=True)
+class DistanceMetric:
+    """A distance between annotators: the statistic it sums and `finish(sums, n_frames)`, the
+    (A, A) distances made of the sums (symmetrised, zero diagonal afterwards)."""
+
+    stat: Statistic
+    finish: Callable[[np.ndarray, int], np.ndarray]
+
+
+def _euclidean(gram: np.ndarray, n_frames: int) -> np.ndarray:
+    diag = np.diag(gram)
+    return np.sqrt(np.maximum(diag[:, None] + diag[None, :] - 2.0 * gram, 0.0))
+
+
+def _cosine(gram: np.ndarray, n_frames: int) -> np.ndarray:
+    diag = np.diag(gram)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        dist = np.clip(1.0 - gram / np.sqrt(np.outer(diag, diag)), 0.0, 2.0)
+    dist[~np.isfinite(dist)] = 1.0
+    return dist
+
+
+def _jensenshannon(js: np.ndarray, n_frames: int) -> np.ndarray:
+    return np.sqrt(np.maximum(js / max(n_frames, 1), 0.0))
+
+
+GRAM = Statistic("gram", gram_sums)
+JS = Statistic("js", js_sums)
+EUCLIDEAN = DistanceMetric(GRAM, _euclidean)
+COSINE = DistanceMetric(GRAM, _cosine)
+JENSENSHANNON = DistanceMetric(JS, _jensenshannon)
+
+
+def distance_metric(name: str) -> DistanceMetric:
+    """The registered metric of that name (`configs.analyze.METRICS`); ValueError if unknown."""
+    metric = load(METRICS[name])
+    if not isinstance(metric, DistanceMetric):
+        raise TypeError(f"{METRICS[name].target} is not a DistanceMetric")
+    return metric
+
+
 # ---------------------------------------------------------------------- dask layer
-def range_sums(logits: da.Array, ranges: Sequence[tuple[int, int]], stat: str) -> list[da.Array]:
+def range_sums(logits: da.Array, ranges: Sequence[tuple[int, int]], stat: Statistic) -> list[da.Array]:
     """Lazy (A, A) sums of `stat` over each frame range of a Dask array of logits."""
     n_ann = logits.shape[1]
     out = []
@@ -253,38 +322,25 @@ def range_sums(logits: da.Array, ranges: Sequence[tuple[int, int]], stat: str) -
         per_chunk = part.map_blocks(
             _chunk_sums, stat, dtype=np.float64,
             chunks=((1,) * part.numblocks[0], (n_ann,), (n_ann,)),
-            token=f"annotator-{stat}-sums",
+            token=f"annotator-{stat.name}-sums",
         )
         out.append(per_chunk.sum(axis=0))
     return out
 
 
-def compute_range_sums(logits: da.Array, ranges: Sequence[tuple[int, int]], stat: str,
-                       compute_kwargs: dict[str, Any] | None = None) -> list[np.ndarray]:
+def compute_range_sums(logits: da.Array, ranges: Sequence[tuple[int, int]], stat: Statistic,
+                       compute_kwargs: ComputeKwargs | None = None) -> list[np.ndarray]:
     """Sums of `stat` over each range, in one pass over the chunks (one `dask.compute`)."""
     if not ranges:
         return []
     lazy = range_sums(logits, ranges, stat)
     with threadpool_limits(limits=1, user_api="blas"):  # Dask threads already fill the cores
-        return [np.asarray(x) for x in dask.compute(*lazy, **(compute_kwargs or {"scheduler": "threads"}))]
+        return [np.asarray(x) for x in dask.compute(*lazy, **(compute_kwargs or ComputeKwargs(scheduler="threads")))]
 
 
-def distances_from_sums(sums: np.ndarray, n_frames: int, metric: Metric) -> np.ndarray:
+def distances_from_sums(sums: np.ndarray, n_frames: int, metric: str) -> np.ndarray:
     """The (A, A) distance matrix from the summed statistic of `metric` over n_frames frames."""
-    if metric in ("euclidean", "cosine"):
-        diag = np.diag(sums)
-        if metric == "euclidean":
-            squared = diag[:, None] + diag[None, :] - 2.0 * sums
-            dist = np.sqrt(np.maximum(squared, 0.0))
-        else:
-            norm = np.sqrt(np.outer(diag, diag))
-            with np.errstate(invalid="ignore", divide="ignore"):
-                dist = np.clip(1.0 - sums / norm, 0.0, 2.0)
-            dist[~np.isfinite(dist)] = 1.0
-    elif metric == "jensenshannon":
-        dist = np.sqrt(np.maximum(sums / max(n_frames, 1), 0.0))
-    else:
-        raise ValueError(f"unknown metric {metric!r}")
+    dist = np.array(distance_metric(metric).finish(sums, n_frames), dtype=np.float64)
     np.fill_diagonal(dist, 0.0)
     return 0.5 * (dist + dist.T)
 
@@ -296,19 +352,25 @@ def as_dask(logits: np.ndarray | da.Array, chunk_frames: int) -> da.Array:
     return da.from_array(logits, chunks=(chunk_frames, *logits.shape[1:]), name=False)
 
 
-def annotator_distances(logits: np.ndarray | da.Array, metric: Metric = "euclidean",
+def annotator_distances(logits: np.ndarray | da.Array, metric: str = "euclidean",
                         chunk_frames: int = 65536,
-                        compute_kwargs: dict[str, Any] | None = None) -> np.ndarray:
+                        compute_kwargs: ComputeKwargs | None = None) -> np.ndarray:
     """Distances between annotators from (frames, A, C) logits (NumPy or Dask), in one pass."""
     x = as_dask(logits, chunk_frames)
-    stat = STAT_OF[metric]
+    stat = distance_metric(metric).stat
     [sums] = compute_range_sums(x, [(0, x.shape[0])], stat, compute_kwargs)
     return distances_from_sums(sums, x.shape[0], metric)
 
 
 # --------------------------------------------------------------------- schedulers
+class ComputeKwargs(TypedDict):
+    """Keyword arguments of `dask.compute`: a scheduler name ("threads", "sync") or a client."""
+
+    scheduler: str | Client
+
+
 @contextmanager
-def dask_scheduler(address: str | None) -> Iterator[dict[str, Any]]:
+def dask_scheduler(address: str | None) -> Iterator[ComputeKwargs]:
     """The `dask.compute` keyword arguments for a scheduler setting.
 
     None or "threads": local threads; "sync": one thread (debugging); "local-cluster": a
@@ -353,15 +415,14 @@ class StoreDistances:
     def frames_computed(self) -> int:
         return sum(b - a for a, b in self.computed)
 
-    def report(self) -> dict[str, Any]:
-        return {
-            "metric": self.metric, "stat": self.stat, "n_frames": self.n_frames,
-            "partials_reused": [list(r) for r in self.reused],
-            "partials_computed": [list(r) for r in self.computed],
-            "frames_computed": self.frames_computed, "seconds": round(self.seconds, 3),
-            "frames_per_second": self.frames_computed / self.seconds if self.seconds and self.computed else None,
-            "read_chunk_frames": self.read_chunk_frames,
-        }
+    def report(self) -> PartialSums:
+        return PartialSums(
+            metric=self.metric, stat=self.stat, n_frames=self.n_frames,
+            partials_reused=self.reused, partials_computed=self.computed,
+            frames_computed=self.frames_computed, seconds=round(self.seconds, 3),
+            frames_per_second=self.frames_computed / self.seconds if self.seconds and self.computed else None,
+            read_chunk_frames=self.read_chunk_frames,
+        )
 
 
 def read_chunks(store: PredictionStore, read_chunk_frames: int | None = None) -> int:
@@ -379,8 +440,8 @@ def store_logits(store: PredictionStore, read_chunk_frames: int | None = None) -
     return da.from_zarr(store.logits, chunks=(frames, store.n_annotators, store.n_classes))[: store.n_frames]
 
 
-def store_distances(store: PredictionStore, metric: Metric = "euclidean",
-                    compute_kwargs: dict[str, Any] | None = None,
+def store_distances(store: PredictionStore, metric: str = "euclidean",
+                    compute_kwargs: ComputeKwargs | None = None,
                     read_chunk_frames: int | None = None, keep_partials: bool = True) -> StoreDistances:
     """Annotator distances of a complete prediction store, reusing its stored partial sums.
 
@@ -389,11 +450,11 @@ def store_distances(store: PredictionStore, metric: Metric = "euclidean",
     """
     if not store.complete:
         raise ValueError(f"prediction store {store.uri} is incomplete: frames {store.missing_ranges()[:3]} missing")
-    stat = STAT_OF[metric]
+    stat = distance_metric(metric).stat
     t0 = time.perf_counter()
     segments = store.segments or [(0, store.n_frames)]
     segments += subtract_ranges([(0, store.n_frames)], segments)  # frames outside every segment, if any
-    have = store.partials(stat)
+    have = store.partials(stat.name)
     reused = [r for r in segments if r in have]
     todo = [r for r in segments if r not in have]
     frames = read_chunks(store, read_chunk_frames)
@@ -401,7 +462,7 @@ def store_distances(store: PredictionStore, metric: Metric = "euclidean",
     if keep_partials:
         try:
             for (start, stop), sums in zip(todo, computed, strict=True):
-                store.write_partial(stat, start, stop, sums)
+                store.write_partial(stat.name, start, stop, sums)
         except (OSError, ValueError) as err:  # a read-only store: the sums are just not kept
             log.warning("could not keep partial sums in %s: %s", store.uri, err)
     total = np.zeros((store.n_annotators, store.n_annotators))
@@ -411,6 +472,6 @@ def store_distances(store: PredictionStore, metric: Metric = "euclidean",
         total += sums
     seconds = time.perf_counter() - t0
     log.info("annotator %s sums: %d range(s) reused, %d computed (%d frames) in %.2f s",
-             stat, len(reused), len(todo), sum(b - a for a, b in todo), seconds)
-    return StoreDistances(distances_from_sums(total, store.n_frames, metric), metric, stat, total,
+             stat.name, len(reused), len(todo), sum(b - a for a, b in todo), seconds)
+    return StoreDistances(distances_from_sums(total, store.n_frames, metric), metric, stat.name, total,
                           store.n_frames, reused, todo, seconds, frames)

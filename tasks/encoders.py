@@ -27,6 +27,9 @@ log = logging.getLogger(__name__)
 class Standardize(nn.Module):
     """Per-feature (x - mean) / std with the statistics as buffers (saved with the weights)."""
 
+    mean: torch.Tensor
+    std: torch.Tensor
+
     def __init__(self, n_features: int) -> None:
         super().__init__()
         self.register_buffer("mean", torch.zeros(n_features))

@@ -20,6 +20,7 @@ import seaborn as sns  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from scipy.cluster.hierarchy import dendrogram  # noqa: E402
 
+from storage.results.probe import ProbeResult  # noqa: E402
 from tasks.clustering import condensed  # noqa: E402
 
 
@@ -44,7 +45,7 @@ def distance_heatmap(matrix: np.ndarray, annotators: Sequence[str], title: str,
     """Heatmap of an annotator x annotator matrix, rows in `order` (e.g. the tree's leaves)."""
     n = len(annotators)
     idx = np.arange(n) if order is None else np.asarray(order)
-    names = [annotators[i] for i in idx]
+    names = [annotators[int(i)] for i in idx]
     side = _side(n)
     fig, ax = plt.subplots(figsize=(side + 1.5, side))
     with _quiet():
@@ -163,19 +164,19 @@ def rsm_figure(matrix: np.ndarray, labels: np.ndarray, class_names: Sequence[str
     return fig
 
 
-def probe_bars(summary: Mapping) -> Figure:
+def probe_bars(result: ProbeResult) -> Figure:
     """Probe accuracy (chance dashed) and MI lower bound (H(Y) dashed), encoders x targets, with
     the bootstrap intervals."""
-    encoders, targets, results = summary["encoders"], summary["targets"], summary["results"]
+    encoders, targets, results = result.encoders, result.targets, result.results
     fig, axes = plt.subplots(1, 2, figsize=(max(8.0, 2.2 * len(targets) + 4), 4.2))
     width = 0.8 / len(encoders)
     x = np.arange(len(targets))
     colours = sns.color_palette("colorblind", len(encoders))
-    for ax, key, limit, label in ((axes[0], "accuracy", "chance", "probe accuracy (held-out)"),
-                                  (axes[1], "mutual_information", "entropy", "I(Z;Y) lower bound, nats")):
+    for ax, key, limit, label in ((axes[0], "accuracy", result.chance, "probe accuracy (held-out)"),
+                                  (axes[1], "mutual_information", result.entropy, "I(Z;Y) lower bound, nats")):
         for i, enc in enumerate(encoders):
-            vals = [results[enc][t][key] for t in targets]
-            spans = [results[enc][t]["interval"][key] for t in targets]
+            vals = [getattr(results[enc][t], key) for t in targets]
+            spans = [getattr(results[enc][t].interval, key) for t in targets]
             err = None
             if all(s is not None for s in spans):
                 lo, hi = np.array(spans).T
@@ -183,42 +184,42 @@ def probe_bars(summary: Mapping) -> Figure:
             ax.bar(x + (i - (len(encoders) - 1) / 2) * width, vals, width, yerr=err, capsize=2, label=enc,
                    color=colours[i])
         for j, t in enumerate(targets):
-            ax.hlines(summary[limit][t], j - 0.45, j + 0.45, colors="k", linestyles="--", linewidth=1)
+            ax.hlines(limit[t], j - 0.45, j + 0.45, colors="k", linestyles="--", linewidth=1)
         ax.set_xticks(x, targets)
         ax.set_ylabel(label)
         ax.axhline(0, color="grey", linewidth=0.5)
     axes[0].set_title("dashed: chance (most frequent class)")
     axes[1].set_title("dashed: H(Y) of the held-out labels")
     axes[1].legend(fontsize=8, loc="upper right")
-    fig.suptitle(f"{summary['dataset']}: linear probes on frozen embeddings")
+    fig.suptitle(f"{result.dataset}: linear probes on frozen embeddings")
     fig.tight_layout()
     return fig
 
 
-def few_shot_curves(summary: Mapping) -> Figure:
+def few_shot_curves(result: ProbeResult) -> Figure:
     """Probe accuracy against the share of training labels, one line per encoder, per target."""
-    targets = [t for t in summary["targets"] if t != "shuffled"] or summary["targets"]
+    targets = [t for t in result.targets if t != "shuffled"] or result.targets
     fig, axes = plt.subplots(1, len(targets), figsize=(4.2 * len(targets), 3.8), squeeze=False)
     for ax, t in zip(axes[0], targets, strict=True):
-        for enc in summary["encoders"]:
-            curve = summary["results"][enc][t]["few_shot"]
+        for enc in result.encoders:
+            curve = result.results[enc][t].few_shot
             pts = sorted((float(f), v) for f, v in curve.items() if v is not None)
             ax.plot([100 * p[0] for p in pts], [p[1] for p in pts], marker="o", label=enc)
-        ax.axhline(summary["chance"][t], color="k", linestyle="--", linewidth=1)
+        ax.axhline(result.chance[t], color="k", linestyle="--", linewidth=1)
         ax.set_xscale("log")
         ax.set_xlabel("% of training labels")
         ax.set_ylabel("probe accuracy")
         ax.set_title(t)
     axes[0][0].legend(fontsize=8)
-    fig.suptitle(f"{summary['dataset']}: few-shot linear probes (dashed: chance)")
+    fig.suptitle(f"{result.dataset}: few-shot linear probes (dashed: chance)")
     fig.tight_layout()
     return fig
 
 
-def loss_curve(history: Sequence[Mapping], chance: float | None, title: str) -> Figure:
-    """A training loss per epoch, with the loss of a model that knows nothing (dashed)."""
+def loss_curve(epochs: Sequence[int], losses: Sequence[float], chance: float | None, title: str) -> Figure:
+    """A training loss per (0-based) epoch, with the loss of a model that knows nothing (dashed)."""
     fig, ax = plt.subplots(figsize=(5.5, 3.5))
-    ax.plot([h["epoch"] + 1 for h in history], [h["loss"] for h in history], marker="o")
+    ax.plot([e + 1 for e in epochs], losses, marker="o")
     if chance is not None:
         ax.axhline(chance, color="k", linestyle="--", linewidth=1)
     ax.set_xlabel("epoch")

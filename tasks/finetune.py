@@ -10,19 +10,18 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 
 from configs.schema import PipelineConfig
 from errors import InputError
-from flows.retry import retry_unless_bad_input
 from storage.dataset_store import DatasetStore
-from tasks.model import load_model, save_model
-from tasks.train import run_folder
+from storage.layout import RootLayout
+from storage.model_store import RunFolder, save_model
+from storage.results.train import FinetuneMetrics, FinetuneResult
+from tasks.heads import head_spec
+from tasks.model import TrainedModel, load_model
 
 log = logging.getLogger(__name__)
 
@@ -30,9 +29,10 @@ MAX_FINETUNE_FRAMES = 200_000
 """Frames whose embeddings are held in memory while fine-tuning (every frame of a new annotator is kept)."""
 
 
-def finetune_new_annotators(config: PipelineConfig, root: Path, model_dir: Path, store: DatasetStore,
-                            epochs: int = 30, batch_size: int = 512, lr: float = 3e-3) -> dict[str, Any]:
-    """A copy of the model at `model_dir` extended to every annotator of `store`; returns a summary."""
+def finetune_new_annotators(config: PipelineConfig, layout: RootLayout, model_dir: Path, store: DatasetStore,
+                            epochs: int = 30, batch_size: int = 512, lr: float = 3e-3) -> FinetuneResult:
+    """A copy of the model at `model_dir` extended to every annotator of `store`, in the run
+    folder `<model key>+ft-<store version>`."""
     model = load_model(model_dir)
     old, now = model.annotators, store.annotators
     if now[: len(old)] != old:
@@ -76,22 +76,19 @@ def finetune_new_annotators(config: PipelineConfig, root: Path, model_dir: Path,
     per_annotator = {a: float((predicted[:, i] == labels[frames, i])[mask[:, i]].mean()) if mask[:, i].any() else None
                      for i, a in enumerate(now)}
 
-    spec = {**model.spec, "annotators": now, "n_annotators": len(now), "model_run_id": None,
-            "key": f"{model.spec['key']}+ft-{store.version}", "version": store.version,
-            "finetuned_from": str(model_dir)}
-    if spec["head"]["kind"] == "multi_annotator":
-        spec["head"]["multi_annotator"]["embedding_dim"] = int(head.annotator_embeddings().shape[1])
-    out = save_model(model.net, spec, run_folder(root, config.name, spec["key"]) / "model")
-    return {
-        "dataset": config.name, "version": store.version, "store": store.uri, "key": spec["key"],
-        "head": model.head, "device": "cpu", "epochs": epochs, "model_dir": str(out),
-        "finetuned_from": str(model_dir), "new_annotators": new, "annotators": now,
-        "n_frames": int(len(frames)), "loss": losses, "seconds": time.perf_counter() - t0,
-        "metrics": {"train_accuracy_per_annotator": per_annotator}, "model_run_id": None,
-    }
+    key = f"{model.spec.key}+ft-{store.version}"
+    spec = model.spec.model_copy(update={
+        "annotators": now, "n_annotators": len(now), "model_run_id": None, "key": key, "version": store.version,
+        "finetuned_from": str(model_dir), "head": head_spec(model.spec.head, head)})
+    out = save_model(RunFolder(layout.run_dir(config.name, key)).model_dir, model.net.state_dict(), spec)
+    return FinetuneResult(
+        dataset=config.name, version=store.version, store=store.uri, key=key, head=model.head, device="cpu",
+        epochs=epochs, model_dir=str(out), finetuned_from=str(model_dir), new_annotators=new, annotators=now,
+        n_frames=int(len(frames)), loss=losses, seconds=time.perf_counter() - t0,
+        metrics=FinetuneMetrics(train_accuracy_per_annotator=per_annotator), model_run_id=None)
 
 
-def _embed(model: Any, store: DatasetStore, frames: np.ndarray, block: int = 65536) -> torch.Tensor:
+def _embed(model: TrainedModel, store: DatasetStore, frames: np.ndarray, block: int = 65536) -> torch.Tensor:
     """Frozen-encoder embeddings of the given frames, predicted range by range."""
     out = []
     for start in range(0, store.n_frames, block):
@@ -102,6 +99,3 @@ def _embed(model: Any, store: DatasetStore, frames: np.ndarray, block: int = 655
             out.append(emb[inside - inside[0]])
     return torch.from_numpy(np.concatenate(out))
 
-
-finetune_task = task(finetune_new_annotators, name="finetune", retries=1, retry_delay_seconds=[2],
-                     retry_condition_fn=retry_unless_bad_input, cache_policy=NO_CACHE)

@@ -1,5 +1,7 @@
 """Heads on top of an encoder: the interface every head keeps, the consensus classifier that the
-baselines use, and `build_head` that builds the one a config asks for.
+baselines use, and `build_head` that builds the one a config asks for from the head registry
+(`configs.heads.HEADS`: a new head is a module with an `AnnotatorHead` subclass, plus its
+options model and one `register` line in `configs/heads.py`).
 
 An annotator head maps frame embeddings z (n, dim) to one output per annotator for every frame
 (`annotator_logits`, (n, n_annotators, n_classes), also for annotators who never saw the frame)
@@ -10,11 +12,15 @@ matrix (n, n_annotators) with -1 for "not labelled" (`loss`), and it can grow by
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from configs.heads import HEADS
 from configs.train import HeadConfig
+from tasks.registry import load
 
 
 def labelled_pairs(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -24,7 +30,21 @@ def labelled_pairs(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, to
 
 
 class AnnotatorHead(nn.Module):
-    """The interface of an annotator-aware head (see the module docstring)."""
+    """The base of every annotator head (in the manner of crowd-kit's `BaseClassificationAggregator`).
+
+    A head is built as `Head(dim, n_annotators, n_classes, **options)`, where `options` are the
+    fields of its options model (`configs.heads`, the config's `train.head.<kind>:` section).
+    It must set `kind` (its registered name), `n_annotators` and `n_classes`, and provide:
+
+    - `annotator_logits(z)`: (n, n_annotators, n_classes), every annotator's output for every
+      frame embedding, also annotators who never saw the frame (logits or log-probabilities);
+    - `consensus_logits(z)`: (n, n_classes) log-probabilities of the consensus;
+    - `loss(z, labels)`: a scalar to minimise on a label matrix (n, n_annotators), -1 = not labelled;
+    - `annotator_embeddings()`: (n_annotators, e), the learned table of annotator embeddings;
+    - `add_annotators(n)`: grow by n annotators (appended), keeping what it learned of the others;
+    - `spec_options()`: its options as it is now (after `add_annotators`), what the model's spec
+      saves so that `Head(dim, n_annotators, n_classes, **spec_options())` rebuilds it.
+    """
 
     kind: str
     n_annotators: int
@@ -43,6 +63,9 @@ class AnnotatorHead(nn.Module):
         raise NotImplementedError
 
     def add_annotators(self, n: int) -> None:
+        raise NotImplementedError
+
+    def spec_options(self) -> dict[str, Any]:  # JSON boundary: the head's section of model.json
         raise NotImplementedError
 
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -77,17 +100,12 @@ class ClassifierHead(nn.Module):
 
 
 def build_head(config: HeadConfig, dim: int, n_annotators: int, n_classes: int) -> AnnotatorHead:
-    """The annotator head a config asks for, on embeddings of size `dim`."""
-    if config.kind == "multi_annotator":
-        from tasks.multi_annotator_head import MultiAnnotatorHead
+    """The annotator head a config asks for (its class from the `HEADS` registry), on embeddings of size `dim`."""
+    head_class = load(HEADS[config.kind])
+    head: AnnotatorHead = head_class(dim, n_annotators, n_classes, **config.options().model_dump())
+    return head
 
-        c = config.multi_annotator
-        return MultiAnnotatorHead(dim, n_annotators, n_classes, hidden=c.hidden,
-                                  embedding_dim=c.embedding_dim, dropout=c.dropout)
-    if config.kind == "conal":
-        from tasks.conal import ConalHead
 
-        c = config.conal
-        return ConalHead(dim, n_annotators, n_classes, embedding_dim=c.embedding_dim,
-                         aux_hidden=c.aux_hidden, lambda_=c.lambda_, confusion_init=c.confusion_init)
-    raise ValueError(f"unknown head kind {config.kind!r}")
+def head_spec(config: HeadConfig, head: AnnotatorHead) -> HeadConfig:
+    """The head config a model's spec saves: `config` with the head's options as the head is now."""
+    return config.with_options(head.spec_options())

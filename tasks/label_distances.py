@@ -22,11 +22,12 @@ flagged as imputed, never dropped silently.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 
 from storage.dataset_store import DatasetStore
+from storage.results.analyze import Overlap
 
 Kind = Literal["disagreement", "kappa"]
 MAX_CHUNK_CELLS = 1 << 24  # frames x annotators per chunk (64 MiB of float32 per mask)
@@ -117,29 +118,29 @@ class LabelDistances:
     imputed_value: float | None
     min_overlap: int
 
-    def missing_pairs(self, annotators: list[str]) -> list[list[Any]]:
-        """[a, b, overlap] for every imputed pair (a before b)."""
+    def missing_pairs(self, annotators: list[str]) -> list[tuple[str, str, int]]:
+        """(a, b, overlap) for every imputed pair (a before b)."""
         rows, cols = np.nonzero(np.triu(self.missing, 1))
-        return [[annotators[i], annotators[j], int(self.overlap[i, j])] for i, j in zip(rows, cols, strict=True)]
+        return [(annotators[i], annotators[j], int(self.overlap[i, j])) for i, j in zip(rows, cols, strict=True)]
 
-    def report(self, annotators: list[str]) -> dict[str, Any]:
-        """JSON-able overlap report: counts, the imputed pairs, annotators with no usable partner."""
+    def report(self, annotators: list[str]) -> Overlap:
+        """The overlap report: counts, the imputed pairs, annotators with no usable partner."""
         n = len(annotators)
         pairs = n * (n - 1) // 2
         missing = self.missing_pairs(annotators)
         usable = ~self.missing & ~np.eye(n, dtype=bool)
         off = self.overlap[~np.eye(n, dtype=bool)]
-        return {
-            "kind": self.kind,
-            "min_overlap": self.min_overlap,
-            "n_pairs": pairs,
-            "n_low_overlap_pairs": len(missing),
-            "imputed_fraction": len(missing) / pairs if pairs else 0.0,
-            "imputed_value": self.imputed_value,
-            "overlap_median": float(np.median(off)) if off.size else None,
-            "isolated_annotators": [annotators[i] for i in np.flatnonzero(~usable.any(axis=1))],
-            "low_overlap_pairs": missing,
-        }
+        return Overlap(
+            kind=self.kind,
+            min_overlap=self.min_overlap,
+            n_pairs=pairs,
+            n_low_overlap_pairs=len(missing),
+            imputed_fraction=len(missing) / pairs if pairs else 0.0,
+            imputed_value=self.imputed_value,
+            overlap_median=float(np.median(off)) if off.size else None,
+            isolated_annotators=[annotators[i] for i in np.flatnonzero(~usable.any(axis=1))],
+            low_overlap_pairs=missing,
+        )
 
 
 def label_distances(counts: PairCounts, kind: Kind = "disagreement", min_overlap: int = 10,

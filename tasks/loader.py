@@ -18,11 +18,24 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import numpy as np
-import zarr
 
 from storage.dataset_store import DatasetStore
+
+
+class FeatureArray(Protocol):
+    """What the loader reads features from: a chunked array sliced along frames (a store's
+    `features`, a Zarr array; numpy arrays with a `chunks` attribute would do too)."""
+
+    @property
+    def shape(self) -> tuple[int, ...]: ...
+
+    @property
+    def chunks(self) -> tuple[int, ...]: ...
+
+    def __getitem__(self, key: Any) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -115,7 +128,7 @@ class FeatureScan:
     mean: np.ndarray
     std: np.ndarray
     n_features: int
-    diff_std: np.ndarray | None  # std of the central difference (x[t+1] - x[t-1]) / 2 within sequences
+    diff_std: np.ndarray  # std of the central difference (x[t+1] - x[t-1]) / 2 within sequences
     chunk: int
     context: int
     before: dict[int, np.ndarray] = field(default_factory=dict)  # chunk -> frames [c0 - k, c0)
@@ -123,7 +136,7 @@ class FeatureScan:
     seconds: float = 0.0
 
 
-def scan_features(features: zarr.Array, offsets: np.ndarray, context: int, stats_mask: np.ndarray) -> FeatureScan:
+def scan_features(features: FeatureArray, offsets: np.ndarray, context: int, stats_mask: np.ndarray) -> FeatureScan:
     """Read the features once, in order: mean and std over `stats_mask` frames, the std of their
     central differences within sequences (the temporal encoder's velocity inputs), and the halos."""
     t0 = time.perf_counter()
@@ -136,7 +149,7 @@ def scan_features(features: zarr.Array, offsets: np.ndarray, context: int, stats
     count = dcount = 0
     seq = sequence_of_frames(offsets)
     tail = np.zeros((0, 0), np.float32)
-    scan = FeatureScan(np.zeros(0), np.zeros(0), 0, None, chunk, context)
+    scan = FeatureScan(np.zeros(0), np.zeros(0), 0, np.zeros(0), chunk, context)
     pending: list[tuple[int, list[np.ndarray], int]] = []  # chunks still collecting their after-halo
     for c in range(n_chunks):
         c0, c1 = c * chunk, min(n_frames, (c + 1) * chunk)
@@ -181,7 +194,7 @@ def scan_features(features: zarr.Array, offsets: np.ndarray, context: int, stats
 class ChunkReader:
     """Reads one chunk of features with its halos: (frames c0-k .. c1+k, base frame)."""
 
-    def __init__(self, features: zarr.Array, n_frames: int, scan: FeatureScan) -> None:
+    def __init__(self, features: FeatureArray, n_frames: int, scan: FeatureScan) -> None:
         self.features, self.n_frames, self.scan = features, n_frames, scan
         self.bytes_read = 0
 
@@ -221,9 +234,9 @@ def iter_batches(reader: ChunkReader, crops: Crops, offsets: np.ndarray, crop: i
             picked.append(mine)
             offset += len(data)
         sel = crops.take(np.concatenate(picked))
-        base = np.concatenate(bases)
+        bases_all = np.concatenate(bases)
         order = rng.permutation(len(sel)) if rng is not None else np.arange(len(sel))
-        windows = gather_windows(np.concatenate(datas), base[order], sel.take(order), offsets, crop, context)
+        windows = gather_windows(np.concatenate(datas), bases_all[order], sel.take(order), offsets, crop, context)
         x, f = np.concatenate([pend_x, windows.x]), np.concatenate([pend_f, windows.frames])
         full = len(x) - len(x) % batch_crops
         for i in range(0, full, batch_crops):
@@ -239,7 +252,7 @@ class ChunkCache:
     ranges predicted on several threads share it (a chunk may then be decoded twice, never wrong).
     """
 
-    def __init__(self, features: zarr.Array, keep: int = 3) -> None:
+    def __init__(self, features: FeatureArray, keep: int = 3) -> None:
         self.features, self.keep = features, keep
         self.chunk = int(features.chunks[0])
         self.chunks: dict[int, np.ndarray] = {}

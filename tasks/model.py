@@ -1,39 +1,35 @@
-"""A trained model: the network, how it is saved and loaded, and the inference API.
+"""A trained model: the network, how it is built from a spec, and the inference API.
 
-A model folder holds `weights.pt` (a state dict: `torch.save`, read back with
-`torch.load(..., weights_only=True)`) and `model.json` (everything needed to rebuild the network
-and read its outputs: encoder and head configs, feature count, annotators, classes, the dataset
-version it was trained on and the MLflow run that logged it).
+The model-folder format (`weights.pt`, `model.json`) is the model store's
+(`storage.model_store`); this module builds the network a `ModelSpec` describes and loads it:
 
-    model = load_model(Path(summary["model_dir"]))
+    model = load_model(Path(result.model_dir))
     out = model.predict(store, 0, 10_000)   # logits (n, R, C), embeddings (n, d), consensus (n, C)
 """
 
 from __future__ import annotations
 
-import json
 import threading
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from configs.train import EncoderConfig, HeadConfig
+from configs.train import EncoderConfig
 from errors import InputError
 from storage.dataset_store import DatasetStore
-from storage.files import atomic_write, atomic_write_json
+from storage.model_store import ModelSpec, load_weights, read_spec
 from tasks.encoders import Encoder, build_encoder
 from tasks.heads import AnnotatorHead, ClassifierHead, build_head
 from tasks.loader import ChunkCache, read_range
 
-WEIGHTS = "weights.pt"
-SPEC = "model.json"
-
 
 class CrowdNet(nn.Module):
     """Encoder plus annotator head: windows (B, T + 2k, F) -> per-annotator logits (B, T, R, C)."""
+
+    encoder: Encoder
+    head: AnnotatorHead
 
     def __init__(self, encoder: Encoder, head: AnnotatorHead) -> None:
         super().__init__()
@@ -48,6 +44,9 @@ class CrowdNet(nn.Module):
 class BaselineNet(nn.Module):
     """Encoder plus one classifier (the MV and DS baselines): windows -> log-probabilities (B, T, C)."""
 
+    encoder: Encoder
+    head: ClassifierHead
+
     def __init__(self, encoder: Encoder, head: ClassifierHead) -> None:
         super().__init__()
         self.encoder, self.head = encoder, head
@@ -58,33 +57,11 @@ class BaselineNet(nn.Module):
         return self.head.consensus_logits(z.reshape(b * t, d)).reshape(b, t, -1)
 
 
-def save_model(net: CrowdNet, spec: dict[str, Any], model_dir: Path) -> Path:
-    """Write weights and spec; the spec last, atomically: a folder with model.json is complete."""
-    model_dir.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
-    atomic_write(model_dir / WEIGHTS, lambda tmp: torch.save(state, tmp))
-    write_spec(model_dir, spec)
-    return model_dir
-
-
-def write_spec(model_dir: Path, spec: dict[str, Any]) -> None:
-    atomic_write_json(model_dir / SPEC, spec, indent=2, default=str)
-
-
-def set_model_run_id(model_dir: Path, run_id: str) -> None:
-    """Record the MLflow run that logged this model in its spec."""
-    spec = json.loads((model_dir / SPEC).read_text())
-    spec["model_run_id"] = run_id
-    write_spec(model_dir, spec)
-
-
-def build_net(spec: dict[str, Any]) -> CrowdNet:
+def build_net(spec: ModelSpec) -> CrowdNet:
     """The (untrained) network a spec describes."""
-    enc_cfg = EncoderConfig.model_validate({**spec["encoder"], "weights": None, "frozen": False})
-    encoder = build_encoder(enc_cfg, spec["n_features"], kind=spec["encoder_kind"])
-    head = build_head(HeadConfig.model_validate(spec["head"]), encoder.dim, spec["n_annotators"],
-                      spec["n_classes"])
-    return CrowdNet(encoder, head)
+    enc_cfg = EncoderConfig.model_validate({**spec.encoder, "weights": None, "frozen": False})
+    encoder = build_encoder(enc_cfg, spec.n_features, kind=spec.encoder_kind)
+    return CrowdNet(encoder, build_head(spec.head, encoder.dim, spec.n_annotators, spec.n_classes))
 
 
 class TrainedModel:
@@ -94,16 +71,16 @@ class TrainedModel:
     `annotator_embeddings` (n_annotators, e) float32, `context` (frames each side), `spec`.
     """
 
-    def __init__(self, net: CrowdNet, spec: dict[str, Any], device: str = "cpu") -> None:
+    def __init__(self, net: CrowdNet, spec: ModelSpec, device: str = "cpu") -> None:
         self.net = net.to(device).eval()
         self.spec, self.device = spec, device
-        self.annotators: list[str] = list(spec["annotators"])
-        self.classes: list[str] = list(spec["classes"])
-        self.class_names: list[str] = list(spec.get("class_names") or spec["classes"])
-        self.head: str = spec["head"]["kind"]
-        self.model_run_id: str | None = spec.get("model_run_id")
+        self.annotators: list[str] = list(spec.annotators)
+        self.classes: list[str] = list(spec.classes)
+        self.class_names: list[str] = list(spec.class_names or spec.classes)
+        self.head: str = spec.head.kind
+        self.model_run_id: str | None = spec.model_run_id
         self.context: int = net.encoder.context
-        self.crop: int = int(spec.get("crop", 128))
+        self.crop: int = spec.crop
         self.annotator_embeddings = net.head.annotator_embeddings().cpu().numpy().astype(np.float32)
         self._cache: tuple[tuple[str, str], ChunkCache] | None = None
         self._lock = threading.Lock()
@@ -125,9 +102,9 @@ class TrainedModel:
         [a, c). Per-annotator logits of CoNAL are log-probabilities.
         """
         n_feat = int(np.prod(store.features.shape[1:]))
-        if n_feat != self.spec["n_features"]:
+        if n_feat != self.spec.n_features:
             raise InputError(store.uri, "features", n_feat,
-                             f"the model was trained on {self.spec['n_features']} features per frame")
+                             f"the model was trained on {self.spec.n_features} features per frame")
         windows = read_range(store, start, stop, self.context, self.crop, self._chunks(store))
         n = stop - start
         d, r, c = self.net.encoder.dim, len(self.annotators), len(self.classes)
@@ -148,11 +125,8 @@ class TrainedModel:
 
 
 def load_model(model_dir: Path, device: str = "cpu") -> TrainedModel:
-    """Load a model folder written by training (`summary["model_dir"]`)."""
-    model_dir = Path(model_dir)
-    if not (model_dir / SPEC).is_file():
-        raise InputError(model_dir, None, str(model_dir), "no trained model here (run `annostyle train` first)")
-    spec = json.loads((model_dir / SPEC).read_text())
+    """Load a model folder written by training (`TrainResult.model_dir`); InputError when there is none."""
+    spec = read_spec(Path(model_dir))
     net = build_net(spec)
-    net.load_state_dict(torch.load(model_dir / WEIGHTS, map_location="cpu", weights_only=True))
+    net.load_state_dict(load_weights(Path(model_dir)))
     return TrainedModel(net, spec, device)

@@ -19,6 +19,8 @@ consensus (as with majority vote); CoNAL's denoised classifier is the alternativ
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -41,7 +43,7 @@ class MultiAnnotatorHead(AnnotatorHead):
     def __init__(self, dim: int, n_annotators: int, n_classes: int, hidden: int = 64,
                  embedding_dim: int | None = None, dropout: float = 0.1) -> None:
         super().__init__()
-        self.n_annotators, self.n_classes = n_annotators, n_classes
+        self.n_annotators, self.n_classes, self.hidden, self.dropout = n_annotators, n_classes, hidden, dropout
         e = embedding_dim or n_annotators
         init = torch.zeros(n_annotators, e)
         k = min(n_annotators, e)
@@ -80,6 +82,10 @@ class MultiAnnotatorHead(AnnotatorHead):
 
     def annotator_embeddings(self) -> torch.Tensor:
         return self.embedding.detach()
+
+    def spec_options(self) -> dict[str, Any]:  # JSON boundary: the head's section of model.json
+        """The embedding size is the table's (one per annotator at first): it rebuilds a grown head."""
+        return {"hidden": self.hidden, "embedding_dim": int(self.embedding.shape[1]), "dropout": self.dropout}
 
     @torch.no_grad()
     def add_annotators(self, n: int) -> None:

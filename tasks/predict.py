@@ -15,25 +15,24 @@ import logging
 import time
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
-
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 
 from configs.schema import PipelineConfig
 from errors import InputError
-from storage.dataset_store import DatasetStore, dataset_uri
-from storage.prediction_store import PredictionStore, prediction_uri
+from storage.dataset_store import DatasetStore
+from storage.layout import RootLayout
+from storage.model_store import RunFolder, model_files, read_spec
+from storage.prediction_store import PredictionStore
+from storage.results.predict import PredictResult
 from tasks.distances import dask_scheduler
-from tasks.model import SPEC, WEIGHTS, TrainedModel, load_model
-from tasks.train import MAIN, run_folder, train_key
+from tasks.model import TrainedModel, load_model
+from tasks.train import train_key
 
 log = logging.getLogger(__name__)
 
 
-def model_dir_for(root: Path, config: PipelineConfig, version: str) -> Path:
+def model_dir_for(layout: RootLayout, config: PipelineConfig, version: str) -> Path:
     """Where training put the model for this dataset version and train config."""
-    return run_folder(root, config.name, train_key(version, config.train)) / MAIN
+    return RunFolder(layout.run_dir(config.name, train_key(version, config.train))).model_dir
 
 
 @lru_cache(maxsize=4)
@@ -44,7 +43,7 @@ def _cached_model(model_dir: str, stamp: tuple[int, ...]) -> TrainedModel:
 def _model(model_dir: str) -> TrainedModel:
     """The model in a folder, loaded once per process (a long-lived Dask worker included), and
     loaded again when its files change (a model retrained into the same folder)."""
-    stats = [(Path(model_dir) / name).stat() for name in (WEIGHTS, SPEC)]
+    stats = [path.stat() for path in model_files(Path(model_dir))]
     return _cached_model(model_dir, tuple(x for st in stats for x in (st.st_mtime_ns, st.st_size)))
 
 
@@ -58,27 +57,27 @@ def predict_range(model_dir: str, dataset: str, prediction: str, start: int, sto
     return stop - start
 
 
-def predict(config: PipelineConfig, root: Path, model_dir: Path | None = None,
-            export_npz: bool = False, scheduler: str | None = None) -> dict[str, Any]:
-    """Fill `<root>/predictions/<name>.zarr` (or the one under `store.uri_prefix`) from the model
-    trained on the latest dataset version; `scheduler` overrides `analyze.scheduler`.
+def predict(config: PipelineConfig, layout: RootLayout, model_dir: Path | None = None,
+            export_npz: bool = False, scheduler: str | None = None) -> PredictResult:
+    """Fill the config's prediction store (`layout.prediction_uri`) from the model trained on the
+    latest dataset version (or the one in `model_dir`); `scheduler` overrides `analyze.scheduler`.
 
     Resumes a store made by the same model for the same data; frames already written are not
-    predicted again (`frames_predicted` says how many were). Returns a JSON-able summary.
+    predicted again (`frames_predicted` says how many were, `frames_per_s` how fast).
     """
-    prefix = config.store.uri_prefix
-    store = DatasetStore.open(dataset_uri(root, config.name, prefix))
+    started = time.perf_counter()
+    store = DatasetStore.open(layout.dataset_uri(config.name))
     if not store.has_features:
         raise InputError(store.uri, "features", False,
                          "label-only datasets have no model to predict with; `annostyle analyze` uses the labels")
-    model_dir = Path(model_dir) if model_dir else model_dir_for(root, config, store.version)
+    model_dir = Path(model_dir) if model_dir else model_dir_for(layout, config, store.version)
     model = load_model(model_dir)
     if model.annotators != store.annotators[: len(model.annotators)]:
         raise InputError(model_dir, "annotators", model.annotators, "the model's annotators differ from the store's")
     attrs = {"dataset_store": store.uri, "dataset_version": store.version,
-             "model_run_id": model.model_run_id or model.spec["key"], "class_names": model.class_names,
+             "model_run_id": model.model_run_id or read_spec(model_dir).key, "class_names": model.class_names,
              "model_dir": str(model_dir), "head": model.head}
-    uri = prediction_uri(root, config.name, prefix)
+    uri = layout.prediction_uri(config.name)
     pstore = PredictionStore.resume_or_create(
         uri, store.n_frames, model.annotators, model.classes, model.net.encoder.dim,
         model.annotator_embeddings.shape[1], config.predict, attrs)
@@ -86,12 +85,14 @@ def predict(config: PipelineConfig, root: Path, model_dir: Path | None = None,
     todo = pstore.pending_chunks()
     done = write_ranges(str(model_dir), store.uri, uri, todo, scheduler or config.analyze.scheduler)
     pstore = PredictionStore.open(uri)
-    summary = {**pstore.summary(), "dataset": config.name, "frames_predicted": done,
-               "frames_reused": store.n_frames - done, "model_dir": str(model_dir), "head": model.head}
+    npz = None
     if export_npz:
-        folder = Path(root) / "exports" / config.name / "npz"
-        summary["npz"] = pstore.export_npz(folder, store.offsets, store.sequence_names.tolist())
-    return summary
+        npz = pstore.export_npz(layout.npz_export_dir(config.name), store.offsets, store.sequence_names.tolist())
+    seconds = time.perf_counter() - started
+    return PredictResult.model_validate({
+        **pstore.summary(), "dataset": config.name, "frames_predicted": done,
+        "frames_reused": store.n_frames - done, "model_dir": str(model_dir), "head": model.head,
+        "frames_per_s": done / seconds if done else None, "npz": npz})
 
 
 def write_ranges(model_dir: str, dataset: str, prediction: str, ranges: list[tuple[int, int]],
@@ -127,6 +128,3 @@ def write_ranges(model_dir: str, dataset: str, prediction: str, ranges: list[tup
             done += future.result()
             report()
     return done
-
-
-predict_task = task(predict, name="predict", retries=2, retry_delay_seconds=[2, 10], cache_policy=NO_CACHE)

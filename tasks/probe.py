@@ -15,7 +15,6 @@ not independent, so resampling frames would make the intervals too narrow.
 from __future__ import annotations
 
 import warnings
-from typing import Any
 
 import numpy as np
 from sklearn.exceptions import ConvergenceWarning
@@ -25,6 +24,7 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from configs.probe import LinearProbeConfig
+from storage.results.probe import ProbeInterval, TargetProbe
 
 FLOOR = 1e-4
 """Share of probability mass spread evenly over all classes, so a class the probe never saw in
@@ -94,14 +94,14 @@ def mi_lower_bound(y: np.ndarray, nll: np.ndarray, n_classes: int) -> float:
 
 
 def bootstrap_intervals(groups: np.ndarray, y: np.ndarray, nll: np.ndarray, correct: np.ndarray, n_classes: int,
-                        n_boot: int, seed: int, level: float = 0.95) -> dict[str, list[float] | None]:
+                        n_boot: int, seed: int, level: float = 0.95) -> ProbeInterval:
     """Percentile intervals of accuracy and of the MI bound, resampling whole groups (sequences).
 
     Each resample draws as many groups as there are, with replacement; H(Y) is recomputed from
     the resampled labels, so the interval covers both terms of the bound.
     """
     if n_boot == 0:
-        return {"accuracy": None, "mutual_information": None}
+        return ProbeInterval(accuracy=None, mutual_information=None)
     _, g = np.unique(groups, return_inverse=True)
     n_groups = int(g.max()) + 1
     counts = np.zeros((n_groups, n_classes))
@@ -114,8 +114,8 @@ def bootstrap_intervals(groups: np.ndarray, y: np.ndarray, nll: np.ndarray, corr
     h = -np.where(p > 0, p * np.log(np.where(p > 0, p, 1)), 0).sum(axis=1)
     mi, acc = h - (w @ nll_sum) / n, (w @ right) / n
     tail = 100 * (1 - level) / 2
-    return {"accuracy": np.percentile(acc, [tail, 100 - tail]).tolist(),
-            "mutual_information": np.percentile(mi, [tail, 100 - tail]).tolist()}
+    return ProbeInterval(accuracy=np.percentile(acc, [tail, 100 - tail]).tolist(),
+                         mutual_information=np.percentile(mi, [tail, 100 - tail]).tolist())
 
 
 def few_shot_rows(y: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
@@ -133,7 +133,7 @@ def few_shot_rows(y: np.ndarray, fraction: float, rng: np.random.Generator) -> n
 
 def probe_target(z_train: np.ndarray, y_train: np.ndarray, groups_train: np.ndarray, z_test: np.ndarray,
                  y_test: np.ndarray, groups_test: np.ndarray, n_classes: int, config: LinearProbeConfig,
-                 seed: int) -> dict[str, Any]:
+                 seed: int) -> TargetProbe:
     """Probe one embedding for one target: accuracy, chance, MI bound, intervals, few-shot curve.
 
     `groups_*` name each row's sequence (item): cross-validation folds and bootstrap resamples
@@ -142,20 +142,11 @@ def probe_target(z_train: np.ndarray, y_train: np.ndarray, groups_train: np.ndar
     probe = fit_probe(z_train, y_train, groups_train, config)
     nll = held_out_nll(probe, z_test, y_test, n_classes)
     correct = probe.predict(z_test) == y_test
-    out: dict[str, Any] = {
-        "accuracy": float(correct.mean()),
-        "chance": chance_accuracy(y_train, y_test),
-        "entropy": entropy(y_test, n_classes),
-        "cross_entropy": float(nll.mean()),
-        "mutual_information": mi_lower_bound(y_test, nll, n_classes),
-        "n_train": int(len(y_train)), "n_test": int(len(y_test)),
-        "n_test_groups": int(len(np.unique(groups_test))),
-    }
-    out["interval"] = bootstrap_intervals(groups_test, y_test, nll, correct, n_classes, config.bootstrap, seed)
-    curve: dict[str, float] = {}
+    accuracy = float(correct.mean())
+    curve: dict[str, float | None] = {}
     for fraction in config.fractions:
         if fraction >= 1:
-            curve[str(fraction)] = out["accuracy"]
+            curve[str(fraction)] = accuracy
             continue
         scores = []
         for r in range(config.repeats):
@@ -165,5 +156,9 @@ def probe_target(z_train: np.ndarray, y_train: np.ndarray, groups_train: np.ndar
             few = fit_probe(z_train[rows], y_train[rows], groups_train[rows], config)
             scores.append(float(np.mean(few.predict(z_test) == y_test)))
         curve[str(fraction)] = float(np.mean(scores)) if scores else None
-    out["few_shot"] = curve
-    return out
+    return TargetProbe(
+        accuracy=accuracy, chance=chance_accuracy(y_train, y_test), entropy=entropy(y_test, n_classes),
+        cross_entropy=float(nll.mean()), mutual_information=mi_lower_bound(y_test, nll, n_classes),
+        n_train=len(y_train), n_test=len(y_test), n_test_groups=len(np.unique(groups_test)),
+        interval=bootstrap_intervals(groups_test, y_test, nll, correct, n_classes, config.bootstrap, seed),
+        few_shot=curve)

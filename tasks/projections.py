@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Literal
 
 import numpy as np
 from sklearn.cluster import KMeans
@@ -24,7 +24,10 @@ from sklearn.manifold import TSNE
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
+from storage.results.analyze import ItemLevelSummary
+
 log = logging.getLogger(__name__)
+LabelSource = Literal["gold", "consensus"]  # gold labels where known, else the consensus argmax
 
 
 def sample_frames(n_frames: int, chunk_frames: int, size: int, seed: int = 0) -> np.ndarray:
@@ -80,17 +83,17 @@ class ItemLevel:
 
     frames: np.ndarray
     labels: np.ndarray
-    label_source: str
+    label_source: LabelSource
     coords: dict[str, np.ndarray] = field(default_factory=dict)
     purity: dict[str, float] = field(default_factory=dict)
     rsm: np.ndarray | None = None
     rsm_labels: np.ndarray | None = None
     rsm_contrast: dict[str, float] = field(default_factory=dict)
 
-    def report(self) -> dict[str, Any]:
-        return {"n_frames": int(len(self.frames)), "label_source": self.label_source,
-                "n_labels": int(len(np.unique(self.labels))), "purity": self.purity,
-                "rsm": self.rsm_contrast, "projections": sorted(self.coords)}
+    def report(self) -> ItemLevelSummary:
+        return ItemLevelSummary(n_frames=len(self.frames), label_source=self.label_source,
+                                n_labels=len(np.unique(self.labels)), purity=self.purity,
+                                rsm=self.rsm_contrast, projections=sorted(self.coords))
 
 
 def cosine_rsm(x: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -109,7 +112,7 @@ def rsm_contrast(matrix: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     return {"within": within, "between": between, "difference": within - between}
 
 
-def item_level(embeddings: np.ndarray, labels: np.ndarray, frames: np.ndarray, label_source: str,
+def item_level(embeddings: np.ndarray, labels: np.ndarray, frames: np.ndarray, label_source: LabelSource,
                methods: list[str], rsm_size: int, seed: int = 0) -> ItemLevel:
     """Projections, KMeans purity (raw and scaled) and the RSM of a sample of embeddings.
 
@@ -121,7 +124,7 @@ def item_level(embeddings: np.ndarray, labels: np.ndarray, frames: np.ndarray, l
         return _item_level(embeddings, labels, frames, label_source, methods, rsm_size, seed)
 
 
-def _item_level(embeddings: np.ndarray, labels: np.ndarray, frames: np.ndarray, label_source: str,
+def _item_level(embeddings: np.ndarray, labels: np.ndarray, frames: np.ndarray, label_source: LabelSource,
                 methods: list[str], rsm_size: int, seed: int) -> ItemLevel:
     x = np.asarray(embeddings, np.float64)
     k = max(2, len(np.unique(labels)))

@@ -1,6 +1,6 @@
 """How good is a representation: every encoder's frozen embeddings probed for every target.
 
-`probe_representations(config, root, ...)` is the pure entry point (no Prefect, no MLflow):
+`probe_representations(config, layout, ...)` is the pure entry point (no Prefect, no MLflow):
 
 1. the split is training's own (`tasks.train.split_frames` with the `train:` seed and fraction):
    probes fit on frames of the training sequences and are scored on the validation sequences
@@ -22,20 +22,19 @@ import hashlib
 import json
 import logging
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 
 from configs.schema import PipelineConfig
 from configs.train import TrainConfig
 from errors import InputError
-from flows.retry import retry_unless_bad_input
-from storage.dataset_store import DatasetStore, dataset_uri
+from storage.dataset_store import DatasetStore
 from storage.files import atomic_write_json
+from storage.layout import RootLayout
+from storage.results.probe import ProbeFrames, ProbeResult, SimCLRResult, TargetProbe
 from tasks import figures
 from tasks.aggregate import CrowdAggregate
 from tasks.encoders import Encoder, context_frames_each_side, resolve_kind
@@ -43,16 +42,20 @@ from tasks.loader import ChunkCache, WindowBatch, read_range, scan_features
 from tasks.model import load_model
 from tasks.probe import probe_target
 from tasks.simclr import load_pretrained, pretrain_simclr, simclr_key
-from tasks.train import FrameSplit, initial_encoder, pick_device, run_folder, set_determinism, split_frames
+from tasks.train import FrameSplit, initial_encoder, pick_device, set_determinism, split_frames
 
 log = logging.getLogger(__name__)
 
 NEEDS_FEATURES = "probing encoders needs per-frame features and this dataset has labels only"
 
 
-def open_for_probe(config: PipelineConfig, root: Path) -> DatasetStore:
+TableRow = dict[str, str | int | float | None]
+"""One row of the probe table (`probe_table.csv`, MLflow's `tables/probe.json`)."""
+
+
+def open_for_probe(config: PipelineConfig, layout: RootLayout) -> DatasetStore:
     """The config's store at its latest version; a clear error when it cannot be probed."""
-    uri = dataset_uri(root, config.name, config.store.uri_prefix)
+    uri = layout.dataset_uri(config.name)
     store = DatasetStore.open(uri)
     if not store.n_frames:
         raise InputError(uri, None, store.version, "the dataset store is empty (run `annostyle ingest` first)")
@@ -89,7 +92,7 @@ def frame_targets(labels: np.ndarray, gold: np.ndarray, held_out: np.ndarray, n_
     """
     out: dict[str, tuple[np.ndarray, int]] = {}
     consensus = CrowdAggregate("mv", n_classes).fit(labels).labels_.astype(np.int64) \
-        if {"consensus", "shuffled"} & set(names) else None
+        if {"consensus", "shuffled"} & set(names) else np.zeros(0, np.int64)
     for name in names:
         if name == "gold":
             out[name] = (gold.astype(np.int64), n_classes)
@@ -181,7 +184,7 @@ def embed_frames(encoders: dict[str, Encoder | None], store: DatasetStore, frame
 
 
 def build_probed_encoders(config: PipelineConfig, store: DatasetStore, split: FrameSplit,
-                          model_dirs: dict[str, Path], simclr_weights: Path | None, kind: str
+                          model_dirs: Mapping[str, Path], simclr_weights: Path | None, kind: str
                           ) -> dict[str, Encoder | None]:
     """The encoders the config names, frozen and in eval mode (raw features: None)."""
     encoders: dict[str, Encoder | None] = {}
@@ -205,37 +208,38 @@ def build_probed_encoders(config: PipelineConfig, store: DatasetStore, split: Fr
     return encoders
 
 
-def pretrain_encoder(config: PipelineConfig, root: Path) -> dict[str, Any]:
+def pretrain_encoder(config: PipelineConfig, layout: RootLayout) -> SimCLRResult:
     """SimCLR pretraining on every frame outside the probe's held-out sequences (labelled or not).
 
-    The folder `<root>/models/<dataset>/simclr-<key>` is keyed on the dataset version, the
+    The folder `layout.run_dir(dataset, "simclr-<key>")` is keyed on the dataset version, the
     encoder and SimCLR settings and the split, so a rerun finds a finished encoder and a retry
     after a crash resumes from the last epoch.
     """
-    store = open_for_probe(config, root)
+    store = open_for_probe(config, layout)
     held_out, _ = probe_split(store.read_labels(), store.read_gold(), store.offsets, config.train)
     key = simclr_key(store.version, config.train, config.probe.simclr, config.probe.seed, held_out)
-    folder = run_folder(root, config.name, f"simclr-{key}")
+    folder = layout.run_dir(config.name, f"simclr-{key}")
     log.info("SimCLR pretraining on %d frames (%d held-out frames left out) in %s", (~held_out).sum(),
              held_out.sum(), folder)
     summary = pretrain_simclr(store, config.train, config.probe.simclr, ~held_out, folder, config.probe.seed)
-    return {**summary, "key": key, "folder": str(folder), "version": store.version,
-            "n_frames": int((~held_out).sum())}
+    return SimCLRResult(**summary.model_dump(), key=key, folder=str(folder), version=store.version,
+                        n_frames=int((~held_out).sum()))
 
 
-def probe_representations(config: PipelineConfig, root: Path, model_dirs: dict[str, Path] | None = None,
-                          simclr: dict[str, Any] | None = None,
-                          model_run_ids: dict[str, str | None] | None = None) -> dict[str, Any]:
-    """Probe every encoder of `config.probe` for every target; return a JSON-able summary.
+def probe_representations(config: PipelineConfig, layout: RootLayout, model_dirs: Mapping[str, Path] | None = None,
+                          simclr: SimCLRResult | None = None,
+                          model_run_ids: Mapping[str, str | None] | None = None) -> ProbeResult:
+    """Probe every encoder of `config.probe` for every target.
 
     `model_dirs` maps `supervised` / `simclr_finetuned` to trained model folders; `simclr` is
     what `pretrain_encoder` returned (its `weights` are the pretrained encoder's state dict);
     `model_run_ids` names the MLflow runs that trained the models. The table, figures and
-    summary are written to `<root>/probes/<dataset>/<key>/` (`summary["outputs"]`).
+    summary are written to `layout.probe_dir(dataset, key)` (`result.outputs`).
     """
     t_start = time.perf_counter()
     pc = config.probe
-    store = open_for_probe(config, root)
+    model_dirs = model_dirs or {}
+    store = open_for_probe(config, layout)
     device = pick_device(config.train)
     set_determinism(config.train, device)
     labels, gold = store.read_labels(), store.read_gold()
@@ -258,8 +262,8 @@ def probe_representations(config: PipelineConfig, root: Path, model_dirs: dict[s
     rng = np.random.default_rng([pc.seed, 2])
     frames = np.union1d(draw(any_label & ~held_out, pc.linear.max_train_frames, rng),
                         draw(any_label & held_out, pc.linear.max_test_frames, rng))
-    weights = Path(simclr["weights"]) if simclr else None
-    encoders = build_probed_encoders(config, store, split, model_dirs or {}, weights, kind)
+    weights = Path(simclr.weights) if simclr else None
+    encoders = build_probed_encoders(config, store, split, model_dirs, weights, kind)
     for enc in encoders.values():
         if enc is not None:
             enc.to(device)
@@ -268,7 +272,7 @@ def probe_representations(config: PipelineConfig, root: Path, model_dirs: dict[s
     log.info("embedded %d frames with %s in %.1f s", len(frames), list(encoders), time.perf_counter() - t0)
 
     sequence = np.searchsorted(store.offsets, frames, side="right") - 1
-    results: dict[str, dict[str, Any]] = {name: {} for name in encoders}
+    results: dict[str, dict[str, TargetProbe]] = {name: {} for name in encoders}
     for target, (y_all, n_classes) in usable.items():
         y = y_all[frames]
         tr, te = (y >= 0) & ~held_out[frames], (y >= 0) & held_out[frames]
@@ -278,79 +282,71 @@ def probe_representations(config: PipelineConfig, root: Path, model_dirs: dict[s
                                pc.linear, pc.seed)
             results[name][target] = res
             log.info("probe %-16s %-10s accuracy %.3f (chance %.3f), MI >= %.3f of H %.3f nats (%.1f s)", name,
-                     target, res["accuracy"], res["chance"], res["mutual_information"], res["entropy"],
+                     target, res.accuracy, res.chance, res.mutual_information, res.entropy,
                      time.perf_counter() - t1)
     names = list(encoders)
     first = names[0]
-    summary = {
-        "dataset": config.name, "version": store.version, "store": store.uri, "encoder_kind": kind,
-        "encoders": names, "targets": list(usable), "skipped_targets": skipped,
-        "probe_accuracy": {e: {t: results[e][t]["accuracy"] for t in usable} for e in names},
-        "mutual_information": {e: {t: results[e][t]["mutual_information"] for t in usable} for e in names},
-        "chance": {t: results[first][t]["chance"] for t in usable},
-        "entropy": {t: results[first][t]["entropy"] for t in usable},
-        "results": results,
-        "n_probe_frames": {"train": int((~held_out[frames]).sum()), "test": int(held_out[frames].sum())},
-        "held_out_sequences": int(len(np.unique(sequence[held_out[frames]]))),
-        "model_dirs": {k: str(v) for k, v in (model_dirs or {}).items()},
-        "simclr": simclr,
-        "model_run_ids": model_run_ids or {},
-    }
+    dirs = {k: str(v) for k, v in model_dirs.items()}
     digest = hashlib.sha256(json.dumps({"probe": pc.model_dump(mode="json"), "train": config.train.model_dump(
-        mode="json"), "models": summary["model_dirs"], "simclr": str(weights)}, sort_keys=True,
+        mode="json"), "models": dirs, "simclr": str(weights)}, sort_keys=True,
         default=str).encode()).hexdigest()[:12]
-    out = Path(root) / "probes" / config.name / f"{store.version}-{digest}"
-    summary["outputs"] = str(out)
-    summary["seconds"] = time.perf_counter() - t_start
-    write_outputs(summary, out)
-    return summary
+    out = layout.probe_dir(config.name, f"{store.version}-{digest}")
+    result = ProbeResult(
+        dataset=config.name, version=store.version, store=store.uri, encoder_kind=kind,
+        encoders=names, targets=list(usable), skipped_targets=skipped,
+        probe_accuracy={e: {t: results[e][t].accuracy for t in usable} for e in names},
+        mutual_information={e: {t: results[e][t].mutual_information for t in usable} for e in names},
+        chance={t: results[first][t].chance for t in usable},
+        entropy={t: results[first][t].entropy for t in usable},
+        results=results,
+        n_probe_frames=ProbeFrames(train=int((~held_out[frames]).sum()), test=int(held_out[frames].sum())),
+        held_out_sequences=len(np.unique(sequence[held_out[frames]])),
+        model_dirs=dirs, simclr=simclr, model_run_ids=dict(model_run_ids or {}),
+        outputs=str(out), seconds=time.perf_counter() - t_start)
+    write_outputs(result)
+    return result
 
 
-def probe_table(summary: dict[str, Any]) -> list[dict[str, Any]]:
+def probe_table(result: ProbeResult) -> list[TableRow]:
     """One row per encoder and target: accuracy, chance, MI bound and intervals, few-shot accuracies."""
     rows = []
-    for enc in summary["encoders"]:
-        for t in summary["targets"]:
-            r = summary["results"][enc][t]
-            acc_span = r["interval"]["accuracy"] or [None, None]
-            mi_span = r["interval"]["mutual_information"] or [None, None]
-            row = {"encoder": enc, "target": t, "accuracy": r["accuracy"], "accuracy_low": acc_span[0],
-                   "accuracy_high": acc_span[1], "chance": r["chance"], "mutual_information": r["mutual_information"],
-                   "mi_low": mi_span[0], "mi_high": mi_span[1], "entropy": r["entropy"],
-                   "cross_entropy": r["cross_entropy"], "n_train": r["n_train"], "n_test": r["n_test"],
-                   "n_test_groups": r["n_test_groups"]}
-            row.update({f"few_shot_{f}": v for f, v in r["few_shot"].items()})
+    for enc in result.encoders:
+        for t in result.targets:
+            r = result.results[enc][t]
+            acc_low, acc_high = r.interval.accuracy or (None, None)
+            mi_low, mi_high = r.interval.mutual_information or (None, None)
+            row: TableRow = {
+                "encoder": enc, "target": t, "accuracy": r.accuracy, "accuracy_low": acc_low,
+                "accuracy_high": acc_high, "chance": r.chance, "mutual_information": r.mutual_information,
+                "mi_low": mi_low, "mi_high": mi_high, "entropy": r.entropy,
+                "cross_entropy": r.cross_entropy, "n_train": r.n_train, "n_test": r.n_test,
+                "n_test_groups": r.n_test_groups}
+            row.update({f"few_shot_{f}": v for f, v in r.few_shot.items()})
             rows.append(row)
     return rows
 
 
-def write_outputs(summary: dict[str, Any], out: Path) -> None:
+def write_outputs(result: ProbeResult) -> None:
     """`probe_table.csv`, `summary.json` and the figures (`figures/probe.png`, `few_shot.png`,
-    `simclr_loss.png`) in `out`."""
+    `simclr_loss.png`) in `result.outputs`."""
+    out = Path(result.outputs)
     (out / "figures").mkdir(parents=True, exist_ok=True)
-    rows = probe_table(summary)
+    rows = probe_table(result)
     with open(out / "probe_table.csv", "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    save_summary(summary)
-    figures.save(figures.probe_bars(summary), out / "figures" / "probe.png")
-    figures.save(figures.few_shot_curves(summary), out / "figures" / "few_shot.png")
-    if summary.get("simclr"):
-        figures.save(figures.loss_curve(summary["simclr"]["history"], summary["simclr"]["chance_loss"],
+    save_summary(result)
+    figures.save(figures.probe_bars(result), out / "figures" / "probe.png")
+    figures.save(figures.few_shot_curves(result), out / "figures" / "few_shot.png")
+    if result.simclr:
+        history = result.simclr.history
+        figures.save(figures.loss_curve([h.epoch for h in history], [h.loss for h in history],
+                                        result.simclr.chance_loss,
                                         "SimCLR NT-Xent per epoch (dashed: an encoder that knows nothing)"),
                      out / "figures" / "simclr_loss.png")
 
 
-def save_summary(summary: dict[str, Any]) -> None:
-    """The summary as `summary.json` in its outputs folder (again once the MLflow run id is known)."""
-    atomic_write_json(Path(summary["outputs"]) / "summary.json", summary, indent=2, default=float)
-
-
-pretrain_task = task(pretrain_encoder, name="pretrain-simclr", retries=1, retry_delay_seconds=[2],
-                     cache_policy=NO_CACHE, retry_condition_fn=retry_unless_bad_input)
-"""Prefect task; a retry after a crash resumes from the last finished epoch."""
-
-probe_task = task(probe_representations, name="probe", retries=1, retry_delay_seconds=[2], cache_policy=NO_CACHE,
-                  retry_condition_fn=retry_unless_bad_input)
-"""Prefect task; probing is cheap and pure, so a retry simply redoes it."""
+def save_summary(result: ProbeResult) -> None:
+    """The result as `summary.json` in its outputs folder (again once the MLflow run id is known)."""
+    atomic_write_json(Path(result.outputs) / "summary.json", result.to_json(), indent=2)

@@ -18,7 +18,6 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -29,11 +28,12 @@ from configs.probe import SimCLRConfig
 from configs.train import TrainConfig
 from storage.dataset_store import DatasetStore
 from storage.files import atomic_write_json
+from storage.model_store import atomic_save
+from storage.results.probe import SimCLREpoch, SimCLRSummary
 from tasks.augment import sequence_view, vector_view
 from tasks.encoders import Encoder, build_encoder, context_frames_each_side, resolve_kind
 from tasks.loader import ChunkReader, cut_crops, iter_batches, scan_features
 from tasks.train import (
-    atomic_save,
     autocast_for,
     epoch_seed,
     initial_encoder,
@@ -88,12 +88,12 @@ def simclr_key(version: str, train: TrainConfig, config: SimCLRConfig, seed: int
                                                   "deterministic"})
     used["encoder"] = {k: v for k, v in used["encoder"].items() if k not in ("weights", "frozen")}  # overridden
     settings = {"train": used, "simclr": config.model_dump(mode="json"), "seed": seed,
-                "held_out": hashlib.sha256(np.packbits(held_out)).hexdigest()}
+                "held_out": hashlib.sha256(np.packbits(held_out).tobytes()).hexdigest()}
     return f"{version}-{hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]}"
 
 
 def pretrain_simclr(store: DatasetStore, train: TrainConfig, config: SimCLRConfig, allowed: np.ndarray,
-                    folder: Path, seed: int = 0) -> dict[str, Any]:
+                    folder: Path, seed: int = 0) -> SimCLRSummary:
     """Pretrain the `train.encoder` architecture on the frames where `allowed` is true.
 
     Writes `encoder.pt` (the encoder's state dict) and `summary.json` to `folder`; a finished
@@ -102,7 +102,7 @@ def pretrain_simclr(store: DatasetStore, train: TrainConfig, config: SimCLRConfi
     folder.mkdir(parents=True, exist_ok=True)
     if (folder / SUMMARY).is_file() and (folder / WEIGHTS).is_file():
         log.info("SimCLR encoder already pretrained in %s", folder)
-        return json.loads((folder / SUMMARY).read_text())
+        return SimCLRSummary.model_validate_json((folder / SUMMARY).read_text())
     t_start = time.perf_counter()
     device = pick_device(train)
     set_determinism(train, device)
@@ -121,16 +121,18 @@ def pretrain_simclr(store: DatasetStore, train: TrainConfig, config: SimCLRConfi
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     mean = torch.as_tensor(scan.mean, dtype=torch.float32)
     std = torch.as_tensor(np.maximum(scan.std, 1e-6), dtype=torch.float32)
+    assert scan.diff_std is not None  # a full scan always measures it
     motion = torch.as_tensor(np.maximum(scan.diff_std, 1e-6), dtype=torch.float32)
 
-    history: list[dict[str, float]] = []
+    history: list[SimCLREpoch] = []
     start = 0
     if (folder / CHECKPOINT).is_file():
         ckpt = torch.load(folder / CHECKPOINT, map_location=device, weights_only=True)
         encoder.load_state_dict(ckpt["encoder"])
         head.load_state_dict(ckpt["head"])
         optimizer.load_state_dict(ckpt["optimizer"])
-        history, start = ckpt["history"], int(ckpt["epoch"]) + 1
+        history = [SimCLREpoch.model_validate(h) for h in ckpt["history"]]
+        start = int(ckpt["epoch"]) + 1
         log.info("SimCLR: resuming after epoch %d from %s", start, folder)
 
     reader = ChunkReader(store.features, store.n_frames, scan)
@@ -177,21 +179,20 @@ def pretrain_simclr(store: DatasetStore, train: TrainConfig, config: SimCLRConfi
                          config.epochs, count, per_epoch, rate, (per_epoch - count) / max(rate, 1e-9))
                 last_log = now
         seconds = time.perf_counter() - t0
-        history.append({"epoch": epoch, "loss": total / max(count, 1), "seconds": seconds})
+        history.append(SimCLREpoch(epoch=epoch, loss=total / max(count, 1), seconds=seconds))
         atomic_save({"encoder": encoder.state_dict(), "head": head.state_dict(), "optimizer": optimizer.state_dict(),
-                     "epoch": epoch, "history": history}, folder / CHECKPOINT)
-        left = (config.epochs - epoch - 1) * float(np.mean([h["seconds"] for h in history]))
+                     "epoch": epoch, "history": [h.model_dump() for h in history]}, folder / CHECKPOINT)
+        left = (config.epochs - epoch - 1) * float(np.mean([h.seconds for h in history]))
         log.info("SimCLR epoch %d/%d in %.1f s (%.0f anchors/s): NT-Xent %.4f; ETA %.0f s", epoch + 1,
-                 config.epochs, seconds, count / max(seconds, 1e-9), history[-1]["loss"], left)
+                 config.epochs, seconds, count / max(seconds, 1e-9), history[-1].loss, left)
 
     atomic_save({k: v.detach().cpu() for k, v in encoder.state_dict().items()}, folder / WEIGHTS)
-    summary = {"weights": str(folder / WEIGHTS), "encoder": kind, "context_frames": 2 * context + 1,
-               "device": device, "epochs": config.epochs, "anchors_per_epoch": per_epoch,
-               "resumed_from_epoch": start or None, "history": history,
-               "final_loss": history[-1]["loss"] if history else None,
-               "chance_loss": float(np.log(2 * config.batch - 1)),
-               "seconds": time.perf_counter() - t_start}
-    atomic_write_json(folder / SUMMARY, summary, indent=2)
+    summary = SimCLRSummary(weights=str(folder / WEIGHTS), encoder=kind, context_frames=2 * context + 1,
+                            device=device, epochs=config.epochs, anchors_per_epoch=per_epoch,
+                            resumed_from_epoch=start or None, history=history,
+                            final_loss=history[-1].loss if history else None,
+                            chance_loss=float(np.log(2 * config.batch - 1)), seconds=time.perf_counter() - t_start)
+    atomic_write_json(folder / SUMMARY, summary.model_dump(mode="json"), indent=2)
     return summary
 
 

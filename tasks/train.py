@@ -1,10 +1,11 @@
 """Training: the annotator-aware model and the MV / DS baselines, on one store, in one pass.
 
-`train_model(config, root)` is the pure entry point (no Prefect, no MLflow); `train_task` wraps it.
+`train_model(config, layout)` is the stage function (no Prefect, no MLflow; `flows.train` wraps
+it in a Prefect task and records the run).
 What it does:
 
 1. opens the store at its latest version; a store without features gets no model: the crowd-kit
-   aggregators' consensus is reported instead (`label_only_summary`);
+   aggregators' consensus is reported instead (`label_only_result`);
 2. splits the labelled sequences (items) into train and validation by sequence; frames with gold
    and no crowd label are test frames;
 3. one sequential pass over the features: standardisation statistics (train frames) and the halo
@@ -13,13 +14,14 @@ What it does:
    the same encoder (same architecture, same initial weights), on the same batches: chunks in
    random order, crops shuffled in a buffer of chunks (`tasks.loader`);
 5. after every epoch: evaluation on the validation and test frames, early stopping on each
-   model's validation loss, the best weights kept, and a checkpoint written atomically to
-   `<root>/models/<dataset>/<key>/checkpoint.pt`. The key is the dataset version plus a hash of
+   model's validation loss, the best weights kept, and a checkpoint written atomically to the
+   run folder (`RootLayout.run_dir(dataset, key)`, its files `storage.model_store.RunFolder`). The key is the dataset version plus a hash of
    the train config, so a rerun after a crash finds the checkpoint and resumes from it. Shuffles
    are seeded by (seed, epoch) and dropout by (seed, epoch, step, model), so a resumed run equals
    an uninterrupted one (bit for bit on the CPU with the same thread count);
-6. writes the best annotator model to `<root>/models/<dataset>/<key>/model/` (`tasks.model`) and
-   returns a JSON-able summary; per-epoch history goes to `history.json` beside it.
+6. writes the best annotator model to the run folder's `model/` (`storage.model_store`) and
+   returns a `TrainResult` (also the run folder's `summary.json`); per-epoch history goes to
+   `history.json` beside it.
 """
 
 from __future__ import annotations
@@ -29,25 +31,23 @@ import json
 import logging
 import os
 import time
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, cast
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 
 from configs.schema import PipelineConfig
 from configs.train import EncoderConfig, TrainConfig
 from errors import InputError
-from flows.retry import retry_unless_bad_input
-from storage.dataset_store import DatasetStore, dataset_uri
-from storage.files import atomic_write, atomic_write_json
+from storage.dataset_store import DatasetStore
+from storage.layout import RootLayout
+from storage.model_store import History, ModelSpec, RunFolder, save_model
+from storage.results.train import BestMetrics, EpochMetrics, TrainMetrics, TrainResult
 from tasks.aggregate import CrowdAggregate, accuracy, aggregator_report
-from tasks.encoders import Encoder, build_encoder, context_frames_each_side, resolve_kind
-from tasks.heads import ClassifierHead, build_head
+from tasks.encoders import Encoder, TemporalConvEncoder, build_encoder, context_frames_each_side, resolve_kind
+from tasks.heads import ClassifierHead, build_head, head_spec
 from tasks.loader import (
     ChunkReader,
     Crops,
@@ -57,14 +57,12 @@ from tasks.loader import (
     keep_crops_with,
     scan_features,
 )
-from tasks.model import BaselineNet, CrowdNet, save_model
+from tasks.model import BaselineNet, CrowdNet
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT = "checkpoint.pt"
-HISTORY = "history.json"
-SUMMARY = "summary.json"
 MAIN = "model"
+"""The annotator model's name among the trainees (the baselines are named after their aggregator)."""
 NEEDS_FEATURES = ("training needs per-frame features and this dataset has labels only; the consensus "
                   "comes from the crowd-kit aggregators (MV, DS) instead of a model")
 
@@ -75,10 +73,6 @@ def train_key(version: str, config: TrainConfig) -> str:
     settings = config.model_dump(mode="json", exclude={"log_every_s"})
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
     return f"{version}-{digest}"
-
-
-def run_folder(root: Path, dataset: str, key: str) -> Path:
-    return Path(root) / "models" / dataset / key
 
 
 def pick_device(config: TrainConfig) -> str:
@@ -122,7 +116,7 @@ class Trainee:
     """One network trained in the run: the annotator model or a baseline on aggregated labels."""
 
     name: str
-    net: torch.nn.Module
+    net: CrowdNet | BaselineNet
     optimizer: torch.optim.Optimizer
     target: np.ndarray | None = None  # baselines: one label per frame; None: the annotator matrix
     best_loss: float = float("inf")
@@ -132,16 +126,33 @@ class Trainee:
     epochs: int = 0
     best_state: dict[str, torch.Tensor] | None = None
 
-    def state(self) -> dict[str, Any]:
+    def state(self) -> dict[str, Any]:  # JSON boundary: checkpoint.pt (torch.save), this trainee
         return {"net": self.net.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "best_loss": self.best_loss, "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs,
                 "stopped": self.stopped, "epochs": self.epochs, "best_state": self.best_state}
 
-    def load(self, state: dict[str, Any]) -> None:
+    def load(self, state: dict[str, Any]) -> None:  # JSON boundary: checkpoint.pt (torch.load), this trainee
         self.net.load_state_dict(state["net"])
         self.optimizer.load_state_dict(state["optimizer"])
         for key in ("best_loss", "best_epoch", "bad_epochs", "stopped", "epochs", "best_state"):
             setattr(self, key, state[key])
+
+
+@dataclass
+class _EvalSums:
+    """One trainee's running sums over the evaluation batches."""
+
+    correct: np.ndarray  # per annotator: validation labels predicted right
+    count: np.ndarray  # per annotator: validation labels seen
+    loss: float = 0.0
+    n_loss: int = 0
+    cons: list[np.ndarray] = field(default_factory=list)  # consensus class per frame, batch by batch
+
+
+def _baseline_target(trainee: Trainee) -> np.ndarray:
+    if trainee.target is None:
+        raise ValueError(f"{trainee.name} is the annotator model, not a baseline")
+    return trainee.target
 
 
 @dataclass
@@ -159,8 +170,8 @@ class Data:
     eval_sequences: np.ndarray  # bool per frame: validation sequence or holds a test frame
     crop: int
     context: int
-    scan: FeatureScan | None = None
-    eval_crops: Crops | None = None  # the validation and test crops, the same every epoch
+    scan: FeatureScan
+    eval_crops: Crops  # the validation and test crops, the same every epoch
 
 
 @dataclass(frozen=True)
@@ -177,7 +188,7 @@ class FrameSplit:
 
 def split_frames(labels: np.ndarray, gold: np.ndarray, offsets: np.ndarray, config: TrainConfig) -> FrameSplit:
     """Validation sequences drawn by `split_sequences`; test frames are gold-only frames."""
-    labelled = (labels >= 0).any(axis=1)
+    labelled = np.asarray((labels >= 0).any(axis=1))
     val_seq = split_sequences(offsets, labelled, config.split.val_fraction, config.seed)
     lengths = np.diff(offsets)
     val_seq_f = np.repeat(val_seq, lengths)
@@ -192,17 +203,16 @@ def prepare(store: DatasetStore, config: TrainConfig, context: int, crop: int) -
     """Labels, gold, the split and the feature scan."""
     labels, gold, offsets = store.read_labels(), store.read_gold(), store.offsets
     split = split_frames(labels, gold, offsets, config)
-    data = Data(store, labels, gold, offsets, split.train_frames, split.val_frames, split.test_frames,
-                split.train_sequences, split.eval_sequences, crop, context)
     log.info("split: %d training frames, %d validation frames (%d of %d sequences), %d test frames",
-             data.train_frames.sum(), data.val_frames.sum(), split.n_val_sequences, len(offsets) - 1,
-             data.test_frames.sum())
-    data.scan = scan_features(store.features, offsets, context, data.train_frames)
+             split.train_frames.sum(), split.val_frames.sum(), split.n_val_sequences, len(offsets) - 1,
+             split.test_frames.sum())
+    scan = scan_features(store.features, offsets, context, split.train_frames)
     log.info("read %d frames x %d features for statistics and halos in %.1f s", store.n_frames,
-             data.scan.n_features, data.scan.seconds)
-    data.eval_crops = keep_crops_with(cut_crops(offsets, data.scan.chunk, crop, data.eval_sequences),
-                                      data.val_frames | data.test_frames)
-    return data
+             scan.n_features, scan.seconds)
+    eval_crops = keep_crops_with(cut_crops(offsets, scan.chunk, crop, split.eval_sequences),
+                                 split.val_frames | split.test_frames)
+    return Data(store, labels, gold, offsets, split.train_frames, split.val_frames, split.test_frames,
+                split.train_sequences, split.eval_sequences, crop, context, scan, eval_crops)
 
 
 # ------------------------------------------------------------------------------ the loop
@@ -275,7 +285,7 @@ def train_step(trainee: Trainee, x: torch.Tensor, target: torch.Tensor, device: 
 
 @torch.no_grad()
 def evaluate(trainees: list[Trainee], data: Data, reader: ChunkReader, config: TrainConfig,
-             device: str) -> dict[str, dict[str, Any]]:
+             device: str) -> dict[str, EpochMetrics]:
     """Validation loss and accuracies of every trainee on the validation and test frames.
 
     Per-annotator accuracy compares each annotator's output with that annotator's validation
@@ -283,8 +293,7 @@ def evaluate(trainees: list[Trainee], data: Data, reader: ChunkReader, config: T
     consensus with gold on validation and test frames; test accuracy on test frames only.
     """
     n_ann = data.labels.shape[1]
-    acc = {t.name: {"loss": 0.0, "n_loss": 0, "correct": np.zeros(n_ann), "count": np.zeros(n_ann), "cons": []}
-           for t in trainees}
+    acc = {t.name: _EvalSums(np.zeros(n_ann), np.zeros(n_ann)) for t in trainees}
     seen: list[np.ndarray] = []
     batch_crops = max(1, batch_frames(config, data.crop) * 4 // data.crop)
     for t in trainees:
@@ -304,45 +313,45 @@ def evaluate(trainees: list[Trainee], data: Data, reader: ChunkReader, config: T
             with autocast_for(device, config):
                 z = t.net.encoder(x)
                 z = z.reshape(-1, z.shape[-1])[keep_t]
-                if t.target is None:
+                if isinstance(t.net, CrowdNet):  # the annotator model (its target is the label matrix)
                     logits = t.net.head.annotator_logits(z).float()
                     pred = logits.argmax(-1).cpu().numpy()
                     f, r = np.nonzero(have)
                     if len(f):
                         lab = torch.from_numpy(val_labels[f, r].astype(np.int64)).to(device)
-                        a["loss"] += float(F.cross_entropy(logits[f, r], lab, reduction="sum"))
-                        a["n_loss"] += len(f)
+                        a.loss += float(F.cross_entropy(logits[f, r], lab, reduction="sum"))
+                        a.n_loss += len(f)
                     cons = t.net.head.consensus_logits(z).argmax(-1).cpu().numpy()
-                else:
+                else:  # a baseline: its one aggregated label per frame
                     logp = t.net.head.consensus_logits(z).float()
                     cons = logp.argmax(-1).cpu().numpy()
                     pred = np.repeat(cons[:, None], n_ann, axis=1)
-                    tgt = np.where(data.val_frames[fr], t.target[fr], -1)
+                    tgt = np.where(data.val_frames[fr], _baseline_target(t)[fr], -1)
                     if (tgt >= 0).any():
                         tg = torch.from_numpy(tgt[tgt >= 0].astype(np.int64)).to(device)
-                        a["loss"] += float(F.nll_loss(logp[torch.from_numpy(tgt >= 0).to(device)], tg, reduction="sum"))
-                        a["n_loss"] += int((tgt >= 0).sum())
-            a["correct"] += ((pred == val_labels) & have).sum(axis=0)
-            a["count"] += have.sum(axis=0)
-            a["cons"].append(cons)
+                        a.loss += float(F.nll_loss(logp[torch.from_numpy(tgt >= 0).to(device)], tg, reduction="sum"))
+                        a.n_loss += int((tgt >= 0).sum())
+            a.correct += ((pred == val_labels) & have).sum(axis=0)
+            a.count += have.sum(axis=0)
+            a.cons.append(cons)
     fr = np.concatenate(seen) if seen else np.zeros(0, np.int64)
     gold = data.gold[fr]
-    out = {}
+    out: dict[str, EpochMetrics] = {}
     names = data.store.annotators
     for t in trainees:
         a = acc[t.name]
-        cons = np.concatenate(a["cons"]) if a["cons"] else np.zeros(0, np.int64)
-        per = {names[r]: (float(a["correct"][r] / a["count"][r]) if a["count"][r] else None) for r in range(n_ann)}
+        cons = np.concatenate(a.cons) if a.cons else np.zeros(0, np.int64)
+        per = {names[r]: (float(a.correct[r] / a.count[r]) if a.count[r] else None) for r in range(n_ann)}
         known = [v for v in per.values() if v is not None]
-        out[t.name] = {
-            "val_loss": a["loss"] / a["n_loss"] if a["n_loss"] else None,
-            "val_accuracy": float(a["correct"].sum() / a["count"].sum()) if a["count"].sum() else None,
-            "val_accuracy_per_annotator": per,
-            "val_accuracy_annotator_mean": float(np.mean(known)) if known else None,
-            "consensus_accuracy": accuracy(cons, gold),
-            "val_gold_accuracy": accuracy(cons, np.where(data.val_frames[fr], gold, -1)),
-            "test_accuracy": accuracy(cons, np.where(data.test_frames[fr], gold, -1)),
-        }
+        out[t.name] = EpochMetrics(
+            val_loss=a.loss / a.n_loss if a.n_loss else None,
+            val_accuracy=float(a.correct.sum() / a.count.sum()) if a.count.sum() else None,
+            val_accuracy_per_annotator=per,
+            val_accuracy_annotator_mean=float(np.mean(known)) if known else None,
+            consensus_accuracy=accuracy(cons, gold),
+            val_gold_accuracy=accuracy(cons, np.where(data.val_frames[fr], gold, -1)),
+            test_accuracy=accuracy(cons, np.where(data.test_frames[fr], gold, -1)),
+        )
     return out
 
 
@@ -352,7 +361,7 @@ def initial_encoder(config: EncoderConfig, scan: FeatureScan, kind: str) -> Enco
     encoder = build_encoder(config, scan.n_features, kind=kind)
     if config.weights is None:
         encoder.standardize.set_stats(scan.mean, scan.std)
-        if hasattr(encoder, "standardize_diff"):
+        if isinstance(encoder, TemporalConvEncoder):
             encoder.standardize_diff.set_stats(np.zeros_like(scan.diff_std), scan.diff_std)
     return encoder
 
@@ -367,7 +376,7 @@ def build_trainees(config: TrainConfig, data: Data, kind: str, n_annotators: int
         encoder = initial_encoder(enc_cfg, data.scan, kind)
         torch.manual_seed(config.seed + 1)
         if name == MAIN:
-            net: torch.nn.Module = CrowdNet(encoder, build_head(config.head, encoder.dim, n_annotators, n_classes))
+            net: CrowdNet | BaselineNet = CrowdNet(encoder, build_head(config.head, encoder.dim, n_annotators, n_classes))
         else:
             net = BaselineNet(encoder, ClassifierHead(encoder.dim, n_classes))
         net.to(device)
@@ -377,33 +386,36 @@ def build_trainees(config: TrainConfig, data: Data, kind: str, n_annotators: int
     return trainees
 
 
-def atomic_save(obj: Any, path: Path) -> None:
-    """torch.save to a temporary file, then rename: a crash leaves the old file or the new one."""
-    atomic_write(path, lambda tmp: torch.save(obj, tmp))
-
-
 def epoch_seed(*keys: int) -> int:
     """A torch seed from several integers (seed, epoch, step, ...)."""
     return int(np.random.SeedSequence(list(keys)).generate_state(1)[0])
 
 
-def fit(trainees: list[Trainee], data: Data, config: TrainConfig, device: str, folder: Path) -> dict[str, Any]:
-    """Train until every trainee stops early or `max_epochs`; resume from `folder`'s checkpoint."""
+@dataclass
+class Fit:
+    """What `fit` did: each epoch's metrics of the models that trained in it (index = epoch)."""
+
+    history: History
+    resumed_from_epoch: int | None
+    epoch_seconds: list[float]
+
+
+def fit(trainees: list[Trainee], data: Data, config: TrainConfig, device: str, run: RunFolder) -> Fit:
+    """Train until every trainee stops early or `max_epochs`; resume from the run's checkpoint."""
     opt = config.optim
     reader = ChunkReader(data.store.features, data.store.n_frames, data.scan)
-    ckpt_path = folder / CHECKPOINT
     start_epoch, resumed_from = 0, None
-    if ckpt_path.is_file():
-        ckpt = torch.load(ckpt_path, map_location=device, weights_only=True)
+    ckpt = run.load_checkpoint(device)
+    if ckpt is not None:
         for t in trainees:
             t.load(ckpt["trainees"][t.name])
         start_epoch = resumed_from = int(ckpt["epoch"]) + 1
         if start_epoch >= opt.max_epochs or all(t.stopped for t in trainees):
-            log.info("the checkpoint in %s holds a finished run (%d epochs): nothing to train", folder, start_epoch)
+            log.info("the checkpoint in %s holds a finished run (%d epochs): nothing to train", run.path,
+                     start_epoch)
         else:
-            log.info("resuming after epoch %d from the checkpoint in %s", start_epoch, folder)
-    history: list[dict[str, Any]] = json.loads((folder / HISTORY).read_text())[:start_epoch] \
-        if start_epoch and (folder / HISTORY).is_file() else []
+            log.info("resuming after epoch %d from the checkpoint in %s", start_epoch, run.path)
+    history = run.read_history(start_epoch) if start_epoch else []
     batch_crops = max(1, batch_frames(config, data.crop) // data.crop)
     epoch_times: list[float] = []
     last_log = time.perf_counter()
@@ -443,13 +455,12 @@ def fit(trainees: list[Trainee], data: Data, config: TrainConfig, device: str, f
                 log.info("epoch %d/%d: %d/%d frames, %.0f frames/s, epoch ETA %.0f s", epoch + 1, opt.max_epochs,
                          done, total, rate, (total - done) / max(rate, 1e-9))
                 last_log = now
-        metrics = evaluate(active, data, reader, config, device)
-        entry: dict[str, Any] = {"epoch": epoch}
+        entry = evaluate(active, data, reader, config, device)
         for t in active:
-            m = metrics[t.name]
-            m["train_loss"] = losses[t.name][0] / max(losses[t.name][1], 1)
+            m = entry[t.name]
+            m.train_loss = losses[t.name][0] / max(losses[t.name][1], 1)
             t.epochs = epoch + 1
-            val = m["val_loss"] if m["val_loss"] is not None else m["train_loss"]
+            val = m.val_loss if m.val_loss is not None else m.train_loss
             if val < t.best_loss - opt.min_delta:
                 t.best_loss, t.best_epoch, t.bad_epochs = val, epoch, 0
                 t.best_state = {k: v.detach().clone().cpu() for k, v in t.net.state_dict().items()}
@@ -458,19 +469,18 @@ def fit(trainees: list[Trainee], data: Data, config: TrainConfig, device: str, f
                 if t.bad_epochs >= opt.patience:
                     t.stopped = True
                     log.info("%s: early stop after epoch %d (best epoch %d)", t.name, epoch + 1, t.best_epoch + 1)
-            entry[t.name] = m
         history.append(entry)
-        atomic_write_json(folder / HISTORY, history, default=float)
-        atomic_save({"epoch": epoch, "trainees": {t.name: t.state() for t in trainees}}, ckpt_path)
+        run.write_history(history)
+        run.save_checkpoint({"epoch": epoch, "trainees": {t.name: t.state() for t in trainees}})
         epoch_times.append(time.perf_counter() - t0)
         left = opt.max_epochs - epoch - 1
         parts = " | ".join(
-            f"{t.name} loss {entry[t.name]['train_loss']:.3f} val {_fmt(entry[t.name]['val_loss'])} "
-            f"acc {_fmt(entry[t.name]['val_accuracy'])} gold {_fmt(entry[t.name]['consensus_accuracy'])}"
+            f"{t.name} loss {_fmt(entry[t.name].train_loss)} val {_fmt(entry[t.name].val_loss)} "
+            f"acc {_fmt(entry[t.name].val_accuracy)} gold {_fmt(entry[t.name].consensus_accuracy)}"
             for t in active)
         log.info("epoch %d/%d in %.1f s (%.0f frames/s): %s; ETA at most %.0f s", epoch + 1, opt.max_epochs,
                  epoch_times[-1], total / max(epoch_times[-1], 1e-9), parts, left * float(np.mean(epoch_times)))
-    return {"history": history, "resumed_from_epoch": resumed_from, "epoch_seconds": epoch_times}
+    return Fit(history, resumed_from, epoch_times)
 
 
 def _fmt(v: float | None) -> str:
@@ -478,30 +488,27 @@ def _fmt(v: float | None) -> str:
 
 
 # --------------------------------------------------------------------------- entry points
-def label_only_summary(config: PipelineConfig, store: DatasetStore) -> dict[str, Any]:
+def label_only_result(config: PipelineConfig, store: DatasetStore) -> TrainResult:
     """No features: no model; the aggregators' consensus against gold instead."""
     log.warning("%s: %s", config.name, NEEDS_FEATURES)
     report = aggregator_report(store.read_labels(), store.read_gold(), store.n_classes, store.annotators,
                                config.train.baselines or ["mv", "ds"])
-    return {
-        "dataset": config.name, "version": store.version, "store": store.uri, "head": None,
-        "reason": NEEDS_FEATURES, "model_run_id": None, "model_dir": None, "device": None, "epochs": 0,
-        "annotators": store.annotators, "classes": store.classes,
-        "metrics": {"val_accuracy": None, "val_accuracy_per_annotator": {}, "consensus_accuracy": None,
-                    "test_accuracy": None, **report},
-    }
+    return TrainResult(dataset=config.name, version=store.version, store=store.uri, head=None,
+                       reason=NEEDS_FEATURES, model_run_id=None, model_dir=None, device=None, epochs=0,
+                       annotators=store.annotators, classes=store.classes,
+                       metrics=TrainMetrics(mv=report.get("mv"), ds=report.get("ds")))
 
 
-def train_model(config: PipelineConfig, root: Path) -> dict[str, Any]:
-    """Train on `<root>/datasets/<name>.zarr` at its latest version; return a JSON-able summary."""
+def train_model(config: PipelineConfig, layout: RootLayout) -> TrainResult:
+    """Train on the config's dataset store at its latest version (a rerun resumes its checkpoint)."""
     t_start = time.perf_counter()
     cfg = config.train
-    uri = dataset_uri(root, config.name, config.store.uri_prefix)
+    uri = layout.dataset_uri(config.name)
     store = DatasetStore.open(uri)
     if not store.n_frames:
         raise InputError(uri, None, store.version, "the dataset store is empty (run `annostyle ingest` first)")
     if not store.has_features:
-        return label_only_summary(config, store)
+        return label_only_result(config, store)
     if store.n_labels == 0:  # the manifest counts them: no need to read the labels here
         raise InputError(uri, "labels", 0, "no crowd labels to train on")
     device = pick_device(cfg)
@@ -516,69 +523,54 @@ def train_model(config: PipelineConfig, root: Path) -> dict[str, Any]:
     for method in cfg.baselines:
         targets[method] = CrowdAggregate(method, store.n_classes).fit(data.labels).labels_
     key = train_key(store.version, cfg)
-    folder = run_folder(root, config.name, key)
-    folder.mkdir(parents=True, exist_ok=True)
+    run = RunFolder(layout.run_dir(config.name, key)).create()
     trainees = build_trainees(cfg, data, kind, store.n_annotators, store.n_classes, targets, device)
     log.info("training %s (%s encoder, %d context frames each side) and baselines %s on %s", cfg.head.kind,
              kind, context, list(targets), device)
-    result = fit(trainees, data, cfg, device, folder)
+    outcome = fit(trainees, data, cfg, device, run)
 
-    metrics = best_metrics(trainees, result["history"])
+    metrics = best_metrics(trainees, outcome.history)
     main = trainees[0]
-    spec = model_spec(config, store, main.net, kind, crop, key)
-    model_dir = save_model(main.net, spec, folder / "model")
-    summary = {
-        "dataset": config.name, "version": store.version, "store": store.uri, "key": key,
-        "head": cfg.head.kind, "encoder": kind, "context_frames": 2 * context + 1, "device": device,
-        "epochs": main.epochs, "best_epoch": main.best_epoch + 1,
-        "resumed_from_epoch": result["resumed_from_epoch"],
-        "annotators": store.annotators, "classes": store.classes, "class_names": store.class_names,
-        "n_train_frames": int(data.train_frames.sum()), "n_val_frames": int(data.val_frames.sum()),
-        "n_test_frames": int(data.test_frames.sum()),
-        "model_dir": str(model_dir), "checkpoint_dir": str(folder), "history_path": str(folder / HISTORY),
-        "seconds": time.perf_counter() - t_start,
-        "train_frames_per_s": float(data.train_frames.sum() / np.mean(result["epoch_seconds"]))
-        if result["epoch_seconds"] else None,
-        "model_run_id": None,
-        "metrics": metrics,
-    }
-    (folder / SUMMARY).write_text(json.dumps(summary, indent=2, default=float))
-    return summary
+    net = cast(CrowdNet, main.net)
+    model_dir = save_model(run.model_dir, net.state_dict(), model_spec(config, store, net, kind, crop, key))
+    result = TrainResult(
+        dataset=config.name, version=store.version, store=store.uri, key=key,
+        head=cfg.head.kind, encoder=kind, context_frames=2 * context + 1, device=device,
+        epochs=main.epochs, best_epoch=main.best_epoch + 1, resumed_from_epoch=outcome.resumed_from_epoch,
+        annotators=store.annotators, classes=store.classes, class_names=store.class_names,
+        n_train_frames=int(data.train_frames.sum()), n_val_frames=int(data.val_frames.sum()),
+        n_test_frames=int(data.test_frames.sum()),
+        model_dir=str(model_dir), checkpoint_dir=str(run.path), history_path=str(run.history_path),
+        seconds=time.perf_counter() - t_start,
+        train_frames_per_s=float(data.train_frames.sum() / np.mean(outcome.epoch_seconds))
+        if outcome.epoch_seconds else None,
+        model_run_id=None, metrics=metrics,
+    )
+    run.write_summary(result)
+    return result
 
 
-def best_metrics(trainees: list[Trainee], history: list[dict[str, Any]]) -> dict[str, Any]:
+def best_metrics(trainees: list[Trainee], history: History) -> TrainMetrics:
     """Each trainee's metrics at its best epoch (its best weights loaded back); baselines by name."""
-    metrics: dict[str, Any] = {}
+    best: dict[str, BestMetrics] = {}
     for t in trainees:
         if t.best_state is None:
             raise RuntimeError(f"{t.name}: no epoch improved on an infinite loss (did the loss become NaN?)")
         t.net.load_state_dict(t.best_state)
-        best = next(e[t.name] for e in history if e["epoch"] == t.best_epoch)
-        m = {**best, "best_epoch": t.best_epoch + 1, "epochs": t.epochs}
-        if t.name == MAIN:
-            metrics.update(m)
-        else:
-            metrics[t.name] = m
-    return metrics
+        best[t.name] = BestMetrics(**history[t.best_epoch][t.name].model_dump(), best_epoch=t.best_epoch + 1,
+                                   epochs=t.epochs)
+    main = best.pop(MAIN)
+    return TrainMetrics(**main.model_dump(), **best)
 
 
 def model_spec(config: PipelineConfig, store: DatasetStore, net: CrowdNet, kind: str, crop: int,
-               key: str) -> dict[str, Any]:
+               key: str) -> ModelSpec:
     """What `tasks.model.load_model` needs to rebuild and read the network."""
-    head_cfg = config.train.head.model_dump(mode="json")
-    if config.train.head.kind == "multi_annotator":
-        head_cfg["multi_annotator"]["embedding_dim"] = int(net.head.embedding.shape[1])
-    return {
-        "format": "annostyle.model", "format_version": 1,
-        "dataset": config.name, "version": store.version, "store": store.uri, "key": key,
-        "encoder_kind": kind, "encoder": config.train.encoder.model_dump(mode="json"), "head": head_cfg,
-        "n_features": int(np.prod(store.features.shape[1:])), "feature_shape": list(store.features.shape[1:]),
-        "n_annotators": store.n_annotators, "n_classes": store.n_classes, "annotators": store.annotators,
-        "classes": store.classes, "class_names": store.class_names, "crop": crop, "model_run_id": None,
-    }
-
-
-
-train_task = task(train_model, name="train", retries=1, retry_delay_seconds=[2], cache_policy=NO_CACHE,
-                  retry_condition_fn=retry_unless_bad_input)
-"""Prefect task; a retry after a crash resumes from the checkpoint."""
+    return ModelSpec(
+        dataset=config.name, version=store.version, store=store.uri, key=key,
+        encoder_kind=kind, encoder=config.train.encoder.model_dump(mode="json"),
+        head=head_spec(config.train.head, net.head),
+        n_features=int(np.prod(store.features.shape[1:])), feature_shape=list(store.features.shape[1:]),
+        n_annotators=store.n_annotators, n_classes=store.n_classes, annotators=store.annotators,
+        classes=store.classes, class_names=store.class_names, crop=crop, model_run_id=None,
+    )

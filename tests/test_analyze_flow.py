@@ -25,7 +25,8 @@ from errors import InputError
 from flows.analyze import analyze_flow
 from flows.cli import main
 from storage.dataset_store import DatasetStore
-from storage.prediction_store import PredictionStore, prediction_uri
+from storage.layout import RootLayout
+from storage.prediction_store import PredictionStore
 from tasks.analyze import analyze
 from tasks.ingest import ingest
 
@@ -48,7 +49,7 @@ def demo_config(folder: Path) -> Path:
 
 def fill_demo_predictions(root: Path, chunk_frames: int = 500) -> PredictionStore:
     """Logits in each annotator's true style: gold signal + group bias + small annotator noise."""
-    dataset = DatasetStore.open(root / "datasets" / "demo.zarr")
+    dataset = DatasetStore.open(RootLayout(root).dataset_uri("demo"))
     truth = dataset.meta["truth"]["style_groups"]
     groups = [truth[a] for a in dataset.annotators]
     n, rng = dataset.n_frames, np.random.default_rng(7)
@@ -57,7 +58,7 @@ def fill_demo_predictions(root: Path, chunk_frames: int = 500) -> PredictionStor
     logits = (shared + np.stack([GROUP_BIAS[g] for g in groups])[None]
               + 0.05 * rng.normal(size=(n, len(groups), 4))).astype(np.float32)
     store = PredictionStore.create(
-        prediction_uri(root, "demo"), n, dataset.annotators, dataset.classes, 28, 8,
+        RootLayout(root).prediction_uri("demo"), n, dataset.annotators, dataset.classes, 28, 8,
         PredictConfig(chunk_frames=chunk_frames),
         {"dataset_store": dataset.uri, "dataset_version": dataset.version, "model_run_id": "planted"})
     features = np.asarray(dataset.features[:n])
@@ -76,71 +77,71 @@ def mlflow_client(root: Path) -> mlflow.MlflowClient:
 def test_demo_predictions_recover_the_style_groups_and_everything_is_recorded(prefect_harness, root, tmp_path,
                                                                                capsys):
     config = demo_config(tmp_path)
-    ingest(load_config(config), root)
+    ingest(load_config(config), RootLayout(root))
     fill_demo_predictions(root)
 
     summary = analyze_flow(str(config), str(root))
-    assert summary["method"] == "predictions" and summary["metric"] == "euclidean"
-    assert len(summary["annotators"]) == 8 and np.array(summary["distance_matrix"]).shape == (8, 8)
-    assert set(summary["clusters"]) == {"2", "3", "4"}
-    truth = summary["ari_vs_truth"]
-    assert truth["distances"]["true_k"] == 3
-    assert truth["distances"]["at_true_k"] == 1.0 and truth["embeddings"]["at_true_k"] == 1.0
-    assert summary["embeddings"]["comparison"]["ari"]["3"] == 1.0
-    assert summary["embeddings"]["comparison"]["moved"]["3"] == []
-    assert summary["cophenetic_correlation"] > 0.5
-    assert summary["item_level"]["label_source"] == "gold" and "kmeans_tsne_scaled" in summary["item_level"]["purity"]
-    assert summary["distances"]["partials_computed"] == [[0, 1200]]
+    assert summary.method == "predictions" and summary.metric == "euclidean"
+    assert len(summary.annotators) == 8 and np.array(summary.distance_matrix).shape == (8, 8)
+    assert set(summary.clusters) == {"2", "3", "4"}
+    truth = summary.ari_vs_truth
+    assert truth.distances.true_k == 3
+    assert truth.distances.at_true_k == 1.0 and truth.embeddings.at_true_k == 1.0
+    assert summary.embeddings.comparison.ari["3"] == 1.0
+    assert summary.embeddings.comparison.moved["3"] == []
+    assert summary.cophenetic_correlation > 0.5
+    assert summary.item_level.label_source == "gold" and "kmeans_tsne_scaled" in summary.item_level.purity
+    assert [list(r) for r in summary.distances.partials_computed] == [[0, 1200]]
 
     client = mlflow_client(root)
-    run = client.get_run(summary["mlflow_run_id"])
+    run = client.get_run(summary.mlflow_run_id)
     assert run.info.status == "FINISHED" and run.data.tags["annostyle.stage"] == "analyze"
     assert run.data.metrics["ari_vs_truth_distances"] == 1.0
-    assert run.data.metrics["cophenetic_correlation"] == pytest.approx(summary["cophenetic_correlation"])
+    assert run.data.metrics["cophenetic_correlation"] == pytest.approx(summary.cophenetic_correlation)
     inputs = {i.dataset.name: i.dataset.digest for i in run.inputs.dataset_inputs}
-    assert inputs["demo"] == summary["stores"]["dataset"]["version"]
-    assert inputs["demo-predictions"] == summary["stores"]["predictions"]["version"]
+    assert inputs["demo"] == summary.stores.dataset.version
+    assert inputs["demo-predictions"] == summary.stores.predictions.version
     figures = {f.path for f in client.list_artifacts(run.info.run_id, "figures")}
     assert {"figures/distance_heatmap.png", "figures/dendrograms.png", "figures/embedding_clustermap.png",
             "figures/projections.png", "figures/rsm.png"} <= figures
     tables = {f.path for f in client.list_artifacts(run.info.run_id, "tables")}
     assert {"tables/distance_matrix.csv", "tables/linkage_ward.json", "tables/clusters.json"} <= tables
     logged = json.loads(Path(client.download_artifacts(run.info.run_id, "summary.json", str(tmp_path))).read_text())
-    assert logged["mlflow_run_id"] == run.info.run_id and logged["clusters"] == summary["clusters"]
+    assert logged["mlflow_run_id"] == run.info.run_id and logged["clusters"] == summary.clusters
 
     from prefect.artifacts import Artifact
 
     artifact = Artifact.get("analyze-demo")
-    assert artifact is not None and summary["mlflow_run_id"] in artifact.data and "k = 3" in artifact.data
+    assert artifact is not None and summary.mlflow_run_id in artifact.data and "k = 3" in artifact.data
 
     # the command line, on a LocalCluster: the stored partial sums are reused, nothing is recomputed
     assert main(["analyze", str(config), "--root", str(root), "--json", "--scheduler", "local-cluster"]) == 0
     again = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert again["scheduler"] == "local-cluster" and again["distances"]["frames_computed"] == 0
     assert again["distances"]["partials_reused"] == [[0, 1200]]
-    assert again["clusters"] == summary["clusters"] and again["mlflow_run_id"] != summary["mlflow_run_id"]
-    assert np.allclose(again["distance_matrix"], summary["distance_matrix"], rtol=1e-12)
+    assert again["clusters"] == summary.clusters and again["mlflow_run_id"] != summary.mlflow_run_id
+    assert np.allclose(again["distance_matrix"], summary.distance_matrix, rtol=1e-12)
 
 
 def test_label_only_data_takes_the_label_path(prefect_harness, root, capsys):
-    ingest(load_config(CONFIGS / "bluebirds.yaml"), root)
+    ingest(load_config(CONFIGS / "bluebirds.yaml"), RootLayout(root))
     summary = analyze_flow(str(CONFIGS / "bluebirds.yaml"), str(root))
-    assert summary["method"] == "labels" and summary["cophenetic_correlation"] is None
-    assert summary["overlap"]["n_low_overlap_pairs"] == 0 and summary["ari_vs_truth"] is None
-    assert len(summary["clusters"]["3"]) == 39
-    run = mlflow_client(root).get_run(summary["mlflow_run_id"])
+    assert summary.method == "labels" and summary.cophenetic_correlation is None
+    assert summary.overlap.n_low_overlap_pairs == 0 and summary.ari_vs_truth is None
+    assert len(summary.clusters["3"]) == 39
+    run = mlflow_client(root).get_run(summary.mlflow_run_id)
     assert run.data.tags["annostyle.method"] == "labels" and "tree_fit_ward" in run.data.metrics
     from flows.analyze import cli_print
 
     cli_print(summary)
     printed = capsys.readouterr().out
-    assert "k=3" in printed and summary["mlflow_run_id"] in printed
+    assert "k=3" in printed and summary.mlflow_run_id in printed
 
 
 def test_an_incomplete_prediction_store_is_refused(root, tmp_path):
     config = demo_config(tmp_path)
-    ingest(load_config(config), root)
+    ingest(load_config(config), RootLayout(root))
     store = fill_demo_predictions(root)
     store.extend(100)
     with pytest.raises(InputError, match="incomplete"):
-        analyze(load_config(config), root)
+        analyze(load_config(config), RootLayout(root))

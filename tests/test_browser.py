@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 from conftest import CONFIGS, PROJECT
 
-from flows.ui import server_env, stop, wait_ready
+from flows.ui import server_command, server_env, stop, wait_ready
+from storage.layout import RootLayout
 
 # a system browser and its driver (not pip-installable): found on PATH under their usual names
 CHROMIUM = next(filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))), None)
@@ -36,10 +37,8 @@ def server(tmp_path_factory) -> Iterator[tuple[str, Path]]:
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     log = (base / "server.log").open("w")
-    process = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
-                                f"sqlite:///{base / 'mlflow.db'}", "--artifacts-destination", str(base / "artifacts"),
-                                "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-                               env=server_env(), cwd=base, start_new_session=True, stdout=log, stderr=log)
+    process = subprocess.Popen(server_command(RootLayout(base), port), env=server_env(), cwd=base,
+                               start_new_session=True, stdout=log, stderr=log)
     try:
         wait_ready(url, process)
         yield url, base

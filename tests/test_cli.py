@@ -15,6 +15,7 @@ import pytest
 from conftest import CONFIGS, PROJECT, tree_digest
 
 from flows.cli import main
+from storage.layout import RootLayout
 
 GOOD_CSV = "task,worker,label,gold\nq1,w1,0,0\nq1,w2,1,0\nq2,w1,1,1\nq2,w2,1,1\nq3,,,0\n"
 
@@ -94,7 +95,7 @@ BAD = {
 @pytest.mark.parametrize("case", list(BAD))
 def test_bad_input_fails_clearly_and_leaves_the_store_as_it_was(shared_toy, tmp_path, capsys, case):
     data, root = shared_toy
-    store = root / "datasets" / "toy.zarr"
+    store = Path(RootLayout(root).dataset_uri("toy"))
     before = tree_digest(store)
     make, words = BAD[case]
     text = make(data)
@@ -108,7 +109,7 @@ def test_bad_input_fails_clearly_and_leaves_the_store_as_it_was(shared_toy, tmp_
     for word in words:
         assert word.lower() in message, f"{word!r} not in {captured.err!r}"
     assert tree_digest(store) == before
-    assert sorted(p.name for p in (root / "datasets").iterdir()) == ["toy.zarr"]
+    assert sorted(p.name for p in store.parent.iterdir()) == ["toy.zarr"]
     assert not (root / "x.zarr").exists() and not (data / "x.zarr").exists()
     write_toy(data)  # the next case starts from the good files
 
@@ -119,13 +120,14 @@ def test_tracks_of_different_lengths_fail_and_leave_the_store(prefect_harness, t
     config = tmp_path / "nights.yaml"
     config.write_text(f"name: nights\nsource: {{kind: tracks, paths: [{data}]}}\n")
     assert run_cli("ingest", str(config), "--root", str(root)) == 0
-    before = tree_digest(root / "datasets" / "nights.zarr")
+    nights = Path(RootLayout(root).dataset_uri("nights"))
+    before = tree_digest(nights)
     tracks(data, {"carol": 6})
     capsys.readouterr()
     assert run_cli("ingest", str(config), "--root", str(root)) == 2
     err = capsys.readouterr().err
     assert "night1" in err and "6" in err and "5" in err and "carol" in err
-    assert tree_digest(root / "datasets" / "nights.zarr") == before
+    assert tree_digest(nights) == before
 
 
 def test_new_batch_with_new_items_and_annotator_appends(toy_root, capsys):

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from configs.schema import DemoSource, load_config
+from configs.schema import load_config
+from configs.sources import DemoSource
 from tasks.demo import (
     ATTACK,
     CLASSES,

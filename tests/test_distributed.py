@@ -22,8 +22,9 @@ from conftest import CONFIGS, PROJECT
 from test_distances import GROUPS, LOGITS, fill_store
 
 from configs.schema import PipelineConfig, load_config
+from storage.layout import RootLayout
 from storage.location import remove_store
-from storage.prediction_store import PredictionStore, prediction_uri
+from storage.prediction_store import PredictionStore
 from tasks.analyze import analyze
 from tasks.distances import dask_scheduler, store_distances
 from tasks.ingest import ingest
@@ -119,8 +120,8 @@ def trained(tmp_path_factory) -> tuple[PipelineConfig, Path, Path]:
     """A tiny demo ingested and a one-epoch model trained on it (about 3 s)."""
     root = tmp_path_factory.mktemp("distributed") / "root"
     config = load_config(CONFIGS / "demo.yaml", overrides=TINY)
-    ingest(config, root)
-    return config, root, Path(train_model(config, root)["model_dir"])
+    ingest(config, RootLayout(root))
+    return config, root, Path(train_model(config, RootLayout(root)).model_dir)
 
 
 def _arrays(uri: str) -> dict[str, np.ndarray]:
@@ -134,23 +135,23 @@ def test_prediction_on_the_cluster_writes_the_local_logits(cluster, trained):
     import tasks.predict
 
     config, root, model_dir = trained
-    uri = prediction_uri(root, config.name)
-    local = predict(config, root, model_dir=model_dir)
-    assert local["frames_predicted"] == 1200 and local["complete"]
+    uri = RootLayout(root).prediction_uri(config.name)
+    local = predict(config, RootLayout(root), model_dir=model_dir)
+    assert local.frames_predicted == 1200 and local.complete
     want = _arrays(uri)
     remove_store(uri)
 
     tasks.predict._cached_model.cache_clear()
     remote_config = load_config(CONFIGS / "demo.yaml", overrides={**TINY, "analyze": {"scheduler": cluster}})
     with Client(cluster, timeout="30s") as client, get_task_stream(client) as stream:
-        remote = predict(remote_config, root, model_dir=model_dir)  # the address comes from analyze.scheduler
+        remote = predict(remote_config, RootLayout(root), model_dir=model_dir)  # the address comes from analyze.scheduler
         on_workers = client.run(lambda: tasks.predict._cached_model.cache_info().currsize)
         prefect_servers = client.run(lambda: "prefect.server.api.server" in sys.modules)
     assert tasks.predict._cached_model.cache_info().currsize == 0, "this process predicted nothing itself"
     ran = [t for t in stream.data if "predict_range" in t["key"]]
     assert len(ran) == 5 and len({t["worker"] for t in ran}) == 2, "five chunks spread over both workers"
     assert sorted(on_workers.values()) == [1, 1] and not any(prefect_servers.values())
-    assert remote["frames_predicted"] == 1200 and remote["complete"] and remote["version"] == local["version"]
+    assert remote.frames_predicted == 1200 and remote.complete and remote.version == local.version
     got = _arrays(uri)
     for name in want:
         assert np.array_equal(got[name], want[name]), name
@@ -158,9 +159,9 @@ def test_prediction_on_the_cluster_writes_the_local_logits(cluster, trained):
 
 def test_distances_on_the_cluster_equal_the_local_threads(cluster, trained, tmp_path):
     config, root, model_dir = trained
-    uri = prediction_uri(root, config.name)
+    uri = RootLayout(root).prediction_uri(config.name)
     if not PredictionStore.exists(uri):
-        predict(config, root, model_dir=model_dir)
+        predict(config, RootLayout(root), model_dir=model_dir)
     planted = fill_store(tmp_path / "planted.zarr", LOGITS, GROUPS, chunk_frames=2000)
     for store, chunk in ((PredictionStore.open(uri), 256), (planted, 2000)):
         for metric in ("euclidean", "cosine", "jensenshannon"):
@@ -172,12 +173,12 @@ def test_distances_on_the_cluster_equal_the_local_threads(cluster, trained, tmp_
 
     # the analysis task: local threads, then the cluster named in the config (partial sums dropped
     # in between, so the cluster computes them again)
-    here = analyze(config, root)
-    assert here["scheduler"] == "threads" and here["distances"]["frames_computed"] == 1200
+    here = analyze(config, RootLayout(root))
+    assert here.scheduler == "threads" and here.distances.frames_computed == 1200
     PredictionStore.open(uri, mode="r+").drop_partials()
     there = analyze(load_config(CONFIGS / "demo.yaml", overrides={**TINY, "analyze": {
-        **TINY["analyze"], "scheduler": cluster}}), root)
-    assert there["scheduler"] == cluster and there["distances"]["frames_computed"] == 1200
-    assert np.max(np.abs(np.array(there["distance_matrix"]) - np.array(here["distance_matrix"]))) <= \
-        1e-12 * np.max(here["distance_matrix"])
-    assert there["clusters"] == here["clusters"]
+        **TINY["analyze"], "scheduler": cluster}}), RootLayout(root))
+    assert there.scheduler == cluster and there.distances.frames_computed == 1200
+    assert np.max(np.abs(np.array(there.distance_matrix) - np.array(here.distance_matrix))) <= \
+        1e-12 * np.max(here.distance_matrix)
+    assert there.clusters == here.clusters

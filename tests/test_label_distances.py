@@ -12,6 +12,7 @@ from conftest import CONFIGS
 from sklearn.metrics import cohen_kappa_score
 
 from configs.schema import load_config
+from storage.layout import RootLayout
 from tasks.analyze import analyze
 from tasks.ingest import ingest
 from tasks.label_distances import agreement_matrices, label_distances, pair_counts
@@ -70,9 +71,9 @@ def test_low_overlap_pairs_are_listed_and_imputed():
     names = ["a", "b", "c", "d", "e"]
     dist = label_distances(pair_counts(labels, 2), "disagreement", min_overlap=8, impute="max")
     report = dist.report(names)
-    assert report["n_low_overlap_pairs"] == 4 and report["n_pairs"] == 10
-    assert report["low_overlap_pairs"] == [["a", "d", 5], ["b", "d", 5], ["c", "d", 5], ["d", "e", 0]]
-    assert report["isolated_annotators"] == ["d"]
+    assert report.n_low_overlap_pairs == 4 and report.n_pairs == 10
+    assert [list(p) for p in report.low_overlap_pairs] == [["a", "d", 5], ["b", "d", 5], ["c", "d", 5], ["d", "e", 0]]
+    assert report.isolated_annotators == ["d"]
     observed = dist.disagreement[~dist.missing & ~np.eye(5, dtype=bool)]
     assert dist.imputed_value == pytest.approx(observed.max())
     assert dist.matrix[0, 3] == dist.matrix[3, 0] == dist.imputed_value
@@ -85,27 +86,27 @@ def test_low_overlap_pairs_are_listed_and_imputed():
 def real_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("real")
     for name in ("bluebirds", "rte", "dreem"):
-        ingest(load_config(CONFIGS / f"{name}.yaml"), root)
+        ingest(load_config(CONFIGS / f"{name}.yaml"), RootLayout(root))
     return root
 
 
 @pytest.mark.parametrize("name,n_annotators", [("bluebirds", 39), ("rte", 164), ("dreem", 5)])
 def test_shared_real_sets_get_label_based_clusters(real_root, name, n_annotators):
     config = load_config(CONFIGS / f"{name}.yaml", {"analyze": {"figures": False}})
-    summary = analyze(config, real_root)
-    assert summary["method"] == "labels" and summary["cophenetic_correlation"] is None
-    assert len(summary["annotators"]) == n_annotators
-    matrix = np.array(summary["distance_matrix"])
+    summary = analyze(config, RootLayout(real_root))
+    assert summary.method == "labels" and summary.cophenetic_correlation is None
+    assert len(summary.annotators) == n_annotators
+    matrix = np.array(summary.distance_matrix)
     assert matrix.shape == (n_annotators, n_annotators) and np.all(np.isfinite(matrix))
     for k in ("2", "3", "4"):
-        assert set(summary["clusters"][k]) == set(summary["annotators"])
-        assert len(set(summary["clusters"][k].values())) == int(k)
-    overlap = summary["overlap"]
-    assert overlap["n_low_overlap_pairs"] == len(overlap["low_overlap_pairs"])
+        assert set(summary.clusters[k]) == set(summary.annotators)
+        assert len(set(summary.clusters[k].values())) == int(k)
+    overlap = summary.overlap
+    assert overlap.n_low_overlap_pairs == len(overlap.low_overlap_pairs)
     if name == "rte":  # 10 workers per item, batches of 20 items: most pairs never meet
-        assert overlap["n_low_overlap_pairs"] > 0.8 * overlap["n_pairs"] and summary["warnings"]
-        a, b, n = overlap["low_overlap_pairs"][0]
-        assert n < 10 and a in summary["annotators"] and b in summary["annotators"]
+        assert overlap.n_low_overlap_pairs > 0.8 * overlap.n_pairs and summary.warnings
+        a, b, n = overlap.low_overlap_pairs[0]
+        assert n < 10 and a in summary.annotators and b in summary.annotators
     else:
-        assert overlap["n_low_overlap_pairs"] == 0
-    assert (Path(summary["outputs"]) / "distance_matrix.csv").is_file()
+        assert overlap.n_low_overlap_pairs == 0
+    assert (Path(summary.outputs) / "distance_matrix.csv").is_file()

@@ -26,9 +26,10 @@ from conftest import CONFIGS, make_batch
 
 from configs.schema import StoreConfig, load_config
 from errors import InputError
-from storage.dataset_store import DatasetStore, dataset_uri, open_or_create
+from storage.dataset_store import DatasetStore, open_or_create
+from storage.layout import RootLayout
 from storage.location import remove_store
-from storage.prediction_store import PredictionStore, prediction_uri
+from storage.prediction_store import PredictionStore
 from tasks.analyze import analyze
 from tasks.ingest import ingest
 
@@ -93,10 +94,11 @@ def _keys(url: str) -> list[str]:
 # ------------------------------------------------------------------------------ config
 def test_uri_prefix_is_checked_and_names_where_the_stores_go(tmp_path):
     assert StoreConfig(uri_prefix="s3://bucket/some/prefix/").uri_prefix == "s3://bucket/some/prefix"
-    assert dataset_uri(tmp_path, "demo", "s3://bucket/p") == "s3://bucket/p/datasets/demo.zarr"
-    assert prediction_uri(tmp_path, "demo", "s3://bucket/p") == "s3://bucket/p/predictions/demo.zarr"
-    assert dataset_uri(tmp_path, "demo", str(tmp_path / "shared")) == str(tmp_path / "shared" / "datasets" / "demo.zarr")
-    assert dataset_uri(tmp_path, "demo") == str(tmp_path / "datasets" / "demo.zarr")
+    assert RootLayout(tmp_path, "s3://bucket/p").dataset_uri("demo") == "s3://bucket/p/datasets/demo.zarr"
+    assert RootLayout(tmp_path, "s3://bucket/p").prediction_uri("demo") == "s3://bucket/p/predictions/demo.zarr"
+    assert RootLayout(tmp_path, str(tmp_path / "shared")).dataset_uri("demo") == \
+        str(tmp_path / "shared" / "datasets" / "demo.zarr")
+    assert RootLayout(tmp_path).dataset_uri("demo") == str(tmp_path / "datasets" / "demo.zarr")
     config = tmp_path / "c.yaml"
     for prefix, words in [("s3://KEY:hunter2@bucket/p", "credentials"), ("s3://bucket/p?secret=x", "query"),
                           ("relative/folder", "absolute"), ("nope://bucket", "unknown storage protocol"),
@@ -143,15 +145,16 @@ def test_label_dataset_on_s3_equals_the_local_run(s3, tmp_path):
     local = load_config(CONFIGS / "bluebirds.yaml", overrides=overrides)
     remote = load_config(CONFIGS / "bluebirds.yaml", overrides={**overrides, "store": {"uri_prefix": f"{s3}/labels"}})
     here, there = tmp_path / "local", tmp_path / "remote"
-    a, b = ingest(local, here), ingest(remote, there)
-    assert b["store"] == f"{s3}/labels/datasets/bluebirds.zarr" and b["batch_status"] == "appended"
-    assert a["version"] == b["version"] and a["n_labels"] == b["n_labels"]
+    at_here, at_there = RootLayout(here, local.store.uri_prefix), RootLayout(there, remote.store.uri_prefix)
+    a, b = ingest(local, at_here), ingest(remote, at_there)
+    assert b.store == f"{s3}/labels/datasets/bluebirds.zarr" and b.batch_status == "appended"
+    assert a.version == b.version and a.n_labels == b.n_labels
     assert not (there / "datasets").exists()
-    assert ingest(remote, there)["batch_status"] == "unchanged"
-    x, y = analyze(local, here), analyze(remote, there)
-    assert y["stores"]["dataset"]["uri"] == b["store"] and y["method"] == "labels"
-    assert y["distance_matrix"] == x["distance_matrix"] and y["clusters"] == x["clusters"]
-    assert Path(y["outputs"]).is_relative_to(there)  # analysis outputs stay local, under the root
+    assert ingest(remote, at_there).batch_status == "unchanged"
+    x, y = analyze(local, at_here), analyze(remote, at_there)
+    assert y.stores.dataset.uri == b.store and y.method == "labels"
+    assert y.distance_matrix == x.distance_matrix and y.clusters == x.clusters
+    assert Path(y.outputs).is_relative_to(there)  # analysis outputs stay local, under the root
 
 
 # ----------------------------------------------------------------------------- pipeline
@@ -212,34 +215,34 @@ def test_pipeline_on_s3_equals_local_reuses_everything_and_keeps_the_secret_out_
         folder.mkdir()
         runs[name] = (folder / "root", pipeline_flow(str(_config(folder, where)), str(folder / "root")))
     (here, local), (there, remote) = runs["local"], runs["s3"]
-    assert remote["prediction_store"] == f"{prefix}/predictions/demo.zarr"
+    assert remote.prediction_store == f"{prefix}/predictions/demo.zarr"
     assert {k for k in _keys(prefix) if k.endswith("zarr.json") and k.count("/") == 4} == {
         f"{BUCKET}/pipeline/datasets/demo.zarr/zarr.json", f"{BUCKET}/pipeline/predictions/demo.zarr/zarr.json"}
     assert not (there / "datasets").exists() and not (there / "predictions").exists()
     assert (there / "models").is_dir() and (there / "mlflow.db").is_file()
 
     # the same data, model, predictions and clusters as on local disk
-    assert remote["version"] == local["version"] and remote["clusters"] == local["clusters"]
-    mine, theirs = PredictionStore.open(local["prediction_store"]), PredictionStore.open(remote["prediction_store"])
+    assert remote.version == local.version and remote.clusters == local.clusters
+    mine, theirs = PredictionStore.open(local.prediction_store), PredictionStore.open(remote.prediction_store)
     assert theirs.complete and theirs.dataset_store == f"{prefix}/datasets/demo.zarr"
     for name in ("logits", "embeddings", "consensus"):
         np.testing.assert_array_equal(theirs.group[name][:], mine.group[name][:])
-    summaries = [json.loads((r / "analysis" / "demo" / "summary.json").read_text()) for r in (here, there)]
+    summaries = [json.loads((RootLayout(r).analysis_dir("demo") / "summary.json").read_text()) for r in (here, there)]
     assert summaries[1]["distance_matrix"] == summaries[0]["distance_matrix"]
 
     # a rerun finds the stores on S3 unchanged and reuses every stage
     again = pipeline_flow(str(tmp_path / "s3" / "demo.yaml"), str(there))
-    assert again["stages"]["ingest"]["batch_status"] == "unchanged"
-    assert {again["stages"][s]["status"] for s in ("train", "predict", "analyze")} == {"reused"}
+    assert again.stages["ingest"].batch_status == "unchanged"
+    assert {again.stages[s].status for s in ("train", "predict", "analyze")} == {"reused"}
 
     # a new batch: the stores on S3 grow by a segment, only its frames are predicted and summed
     batch = _demo_batch(tmp_path / "batch")
     extended = {name: reprocess_flow(str(tmp_path / name / "demo.yaml"), str(r), str(batch))
                 for name, (r, _) in runs.items()}
-    assert extended["s3"]["frames_predicted"] == 400 and extended["s3"]["stages"]["train"]["status"] == "skipped"
-    assert PredictionStore.open(remote["prediction_store"]).segments == [(0, 1200), (1200, 1600)]
-    assert extended["s3"]["partial_sums"]["partials_reused"] == [[0, 1200]]
-    assert extended["s3"]["distance_matrix"] == extended["local"]["distance_matrix"]
+    assert extended["s3"].frames_predicted == 400 and extended["s3"].stages["train"].status == "skipped"
+    assert PredictionStore.open(remote.prediction_store).segments == [(0, 1200), (1200, 1600)]
+    assert extended["s3"].to_json()["partial_sums"]["partials_reused"] == [[0, 1200]]
+    assert extended["s3"].distance_matrix == extended["local"].distance_matrix
 
     # the store URIs are recorded; the credentials are not, anywhere
     text = _mlflow_text(there, tmp_path / "artifacts")

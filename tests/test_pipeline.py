@@ -18,8 +18,9 @@ from configs.schema import DemoSource, load_config
 from flows.cli import main
 from flows.reprocess import reprocess_flow
 from storage.batch import Batch
-from storage.dataset_store import DatasetStore, dataset_uri
-from storage.prediction_store import PredictionStore, prediction_uri
+from storage.dataset_store import DatasetStore
+from storage.layout import RootLayout
+from storage.prediction_store import PredictionStore
 from tasks.analyze import analyze
 from tasks.demo import generate_batch
 from tasks.predict import predict
@@ -108,19 +109,19 @@ def test_reprocess_new_frames_predicts_only_them_and_matches_a_full_rerun(first_
     config = load_config(DEMO)
     batch_file = write_table_batch(demo_batch(48, 52), tmp_path / "batch")
     summary = reprocess_flow(str(DEMO), str(root), str(batch_file))
-    assert summary["new_frames"] == 4000 and summary["frames_predicted"] == 4000
-    assert summary["stages"]["train"]["status"] == "skipped"
-    assert summary["stages"]["predict"]["frames_reused"] == 48000
-    pstore = PredictionStore.open(prediction_uri(root, "demo"))
+    assert summary.new_frames == 4000 and summary.frames_predicted == 4000
+    assert summary.stages["train"].status == "skipped"
+    assert summary.stages["predict"].frames_reused == 48000
+    pstore = PredictionStore.open(RootLayout(root).prediction_uri("demo"))
     assert pstore.segments == [(0, 48000), (48000, 52000)]
 
     # the full rerun on the union: the same model predicts every frame into a fresh store
     union = tmp_path / "union"
-    shutil.copytree(dataset_uri(root, "demo"), dataset_uri(union, "demo"))
-    full = predict(config, union, model_dir=Path(pstore.attrs["extra"]["model_dir"]))
-    assert full["frames_predicted"] == 52000
-    reference = np.asarray(analyze(config, union)["distance_matrix"])
-    ours = np.asarray(summary["distance_matrix"])
+    shutil.copytree(RootLayout(root).dataset_uri("demo"), RootLayout(union).dataset_uri("demo"))
+    full = predict(config, RootLayout(union), model_dir=Path(pstore.model_dir))
+    assert full.frames_predicted == 52000
+    reference = np.asarray(analyze(config, RootLayout(union)).distance_matrix)
+    ours = np.asarray(summary.distance_matrix)
     np.testing.assert_allclose(ours, reference, rtol=1e-6, atol=1e-9)
 
 
@@ -129,14 +130,14 @@ def test_reprocess_with_a_new_annotator_extends_the_embedding(first_run, prefect
     # a newcomer who labels new sequences exactly as ann3 does (a strict annotator)
     batch_file = write_table_batch(demo_batch(52, 56, extra_annotator_from="ann3"), tmp_path / "batch")
     summary = reprocess_flow(str(DEMO), str(root), str(batch_file))
-    assert summary["new_annotators"] == ["newcomer"]
-    assert summary["stages"]["train"]["status"] == "ran"
-    store = DatasetStore.open(dataset_uri(root, "demo"))
-    pstore = PredictionStore.open(prediction_uri(root, "demo"))
+    assert summary.new_annotators == ["newcomer"]
+    assert summary.stages["train"].status == "ran"
+    store = DatasetStore.open(RootLayout(root).dataset_uri("demo"))
+    pstore = PredictionStore.open(RootLayout(root).prediction_uri("demo"))
     assert pstore.annotators == store.annotators and "newcomer" in pstore.annotators
     assert pstore.annotator_embeddings().shape[0] == store.n_annotators
-    assert summary["frames_predicted"] == store.n_frames
-    assert "newcomer" in summary["annotators"] and "newcomer" in summary["clusters"]["3"]
+    assert summary.frames_predicted == store.n_frames
+    assert "newcomer" in summary.annotators and "newcomer" in summary.clusters["3"]
 
 
 def test_runs_lists_the_demo_run_with_its_stages(first_run, capsys):

@@ -21,7 +21,8 @@ from test_distances import ATTRS, fill_store, planted_logits, reference, relativ
 
 from configs.analyze import PredictConfig
 from errors import InputError
-from storage.prediction_store import PredictionStore, auto_chunk_frames, prediction_uri
+from storage.layout import RootLayout
+from storage.prediction_store import PredictionStore, auto_chunk_frames
 from tasks.clustering import cut, tree
 from tasks.distances import store_distances
 
@@ -42,7 +43,7 @@ def rows(start: int, stop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def test_layout_attributes_and_summary(tmp_path):
     store = new_store(tmp_path / "p.zarr")
-    assert prediction_uri(tmp_path, "demo") == str(tmp_path / "predictions" / "demo.zarr")
+    assert RootLayout(tmp_path).prediction_uri("demo") == str(tmp_path / "predictions" / "demo.zarr")
     assert PredictionStore.exists(store.uri) and not PredictionStore.exists(tmp_path / "nothing.zarr")
     opened = PredictionStore.open(store.uri)
     assert opened.logits.shape == (2500, 3, 3) and opened.logits.dtype == np.float16
@@ -170,7 +171,7 @@ def test_npz_export_round_trip(tmp_path):
     names = ["seq a", "seq/b", "c", "d"]
     folder = tmp_path / "npz"
     report = store.export_npz(folder, offsets, names)
-    assert report["sequences"] == 4 and report["files"] == 12
+    assert report.sequences == 4 and report.files == 12
     index = json.loads((folder / "index.json").read_text())
     assert index["annotators"] == ANNOTATORS and [s["name"] for s in index["sequences"]] == names
     mapping: dict = {}

@@ -18,7 +18,8 @@ from configs.schema import PipelineConfig, StoreConfig, load_config
 from configs.train import EncoderConfig
 from errors import InputError
 from storage.batch import Batch
-from storage.dataset_store import dataset_uri, open_or_create
+from storage.dataset_store import open_or_create
+from storage.layout import RootLayout
 from tasks.augment import sequence_view, vector_view
 from tasks.encoders import build_encoder
 from tasks.loader import read_range
@@ -115,11 +116,11 @@ def test_mi_bound_is_near_zero_for_a_shuffled_target_and_near_h_for_the_true_one
         res = probe_target(x[train], target[train], groups[train], x[~train], target[~train], groups[~train], 10,
                            config, seed=0)
         results[name] = res
-        span = res["interval"]["mutual_information"]
-        assert span[0] <= res["mutual_information"] <= span[1]
-    assert abs(results["shuffled"]["mutual_information"]) < 0.05
-    assert results["true"]["mutual_information"] > 0.85 * results["true"]["entropy"]
-    assert results["true"]["accuracy"] > 0.9 > 0.2 > results["shuffled"]["accuracy"]
+        span = res.interval.mutual_information
+        assert span[0] <= res.mutual_information <= span[1]
+    assert abs(results["shuffled"].mutual_information) < 0.05
+    assert results["true"].mutual_information > 0.85 * results["true"].entropy
+    assert results["true"].accuracy > 0.9 > 0.2 > results["shuffled"].accuracy
 
 
 def test_a_class_the_probe_never_saw_costs_a_finite_cross_entropy():
@@ -135,7 +136,7 @@ def test_bootstrap_resamples_whole_groups():
     groups, y = np.repeat([0, 1], 50), np.zeros(100, np.int64)
     correct = np.repeat([True, False], 50)
     out = bootstrap_intervals(groups, y, np.ones(100), correct, 2, n_boot=500, seed=0)
-    assert out["accuracy"] == [0.0, 1.0]
+    assert out.accuracy == [0.0, 1.0]
 
 
 # ---------------------------------------------------------------------------- split, targets
@@ -151,7 +152,7 @@ def test_probe_split_never_mixes_sequences_and_holds_out_nothing_training_used(t
                   annotators=["a0", "a1"], classes=["x", "y"], labels=labels,
                   gold=np.random.default_rng(1).integers(0, 2, n_seq * length).astype(np.int16),
                   features=np.zeros((n_seq * length, 2), np.float32), sources={"labels": "split test"})
-    store = open_or_create(dataset_uri(tmp_path, "split"), StoreConfig(), batch.classes, None)
+    store = open_or_create(RootLayout(tmp_path).dataset_uri("split"), StoreConfig(), batch.classes, None)
     store.append(batch, progress=False)
     config = PipelineConfig.model_validate({"name": "split", "source": {"kind": "demo"}})
     held, split = probe_split(store.read_labels(), store.read_gold(), store.offsets, config.train)
@@ -195,7 +196,7 @@ def one_annotator_store(root: Path, leak: bool):
     batch = Batch(sequence_names=[f"s{i:02d}" for i in range(n_seq)], sequence_lengths=np.full(n_seq, length),
                   annotators=["ann0", "ann1"], classes=["a", "b"], labels=labels, gold=None, features=features,
                   sources={"labels": "one-annotator test"})
-    store = open_or_create(dataset_uri(root, "solo"), StoreConfig(), batch.classes, None)
+    store = open_or_create(RootLayout(root).dataset_uri("solo"), StoreConfig(), batch.classes, None)
     store.append(batch, progress=False)
     return store
 
@@ -206,16 +207,16 @@ def test_annotator_identity_probe_finds_a_leak_and_only_a_leak(tmp_path, leak):
     config = PipelineConfig.model_validate({
         "name": "solo", "source": {"kind": "demo"},
         "probe": {"encoders": ["raw"], "targets": ["annotator", "consensus", "gold"], "linear": {"bootstrap": 100}}})
-    out = probe_representations(config, tmp_path)
-    assert out["targets"] == ["annotator", "consensus"] and "gold" in out["skipped_targets"]
-    annotator = out["results"]["raw"]["annotator"]
-    assert out["results"]["raw"]["consensus"]["accuracy"] > 0.8  # the behaviour is in feature 0 either way
+    out = probe_representations(config, RootLayout(tmp_path))
+    assert out.targets == ["annotator", "consensus"] and "gold" in out.skipped_targets
+    annotator = out.results["raw"]["annotator"]
+    assert out.results["raw"]["consensus"].accuracy > 0.8  # the behaviour is in feature 0 either way
     if leak:
         # (the interval is wide: 8 held-out sequences, each of one annotator, are 8 draws of Y)
-        assert annotator["accuracy"] > 0.85 and annotator["mutual_information"] > 0.2
+        assert annotator.accuracy > 0.85 and annotator.mutual_information > 0.2
     else:  # nothing to find: no better than always naming the busier annotator, no information
-        assert annotator["accuracy"] < annotator["chance"] + 0.05 and annotator["mutual_information"] < 0.02
-    assert (Path(out["outputs"]) / "probe_table.csv").is_file()
+        assert annotator.accuracy < annotator.chance + 0.05 and annotator.mutual_information < 0.02
+    assert (Path(out.outputs) / "probe_table.csv").is_file()
 
 
 # ----------------------------------------------------------------------------- SimCLR on digits
@@ -230,15 +231,16 @@ def digits_config(**simclr) -> PipelineConfig:
 def test_simclr_beats_raw_pixels_with_a_tenth_of_the_labels(tmp_path):
     digits_store(tmp_path)
     config = digits_config()
-    simclr = pretrain_encoder(config, tmp_path)
-    assert simclr["final_loss"] < 0.8 * simclr["chance_loss"]
-    out = probe_representations(config, tmp_path, simclr=simclr)
-    gold = {e: out["results"][e]["gold"] for e in out["encoders"]}
-    assert gold["simclr"]["few_shot"]["0.1"] > gold["raw"]["few_shot"]["0.1"]
-    assert gold["simclr"]["accuracy"] > gold["random"]["accuracy"]
-    for e in out["encoders"]:
-        assert abs(out["results"][e]["shuffled"]["mutual_information"]) < 0.05
-        assert out["mutual_information"][e]["gold"] <= out["entropy"]["gold"]
+    layout = RootLayout(tmp_path)
+    simclr = pretrain_encoder(config, layout)
+    assert simclr.final_loss < 0.8 * simclr.chance_loss
+    out = probe_representations(config, layout, simclr=simclr)
+    gold = {e: out.results[e]["gold"] for e in out.encoders}
+    assert gold["simclr"].few_shot["0.1"] > gold["raw"].few_shot["0.1"]
+    assert gold["simclr"].accuracy > gold["random"].accuracy
+    for e in out.encoders:
+        assert abs(out.results[e]["shuffled"].mutual_information) < 0.05
+        assert out.mutual_information[e]["gold"] <= out.entropy["gold"]
 
 
 PRETRAIN = """
@@ -246,8 +248,10 @@ import json, sys
 sys.path.insert(0, {tests!r})
 from pathlib import Path
 from test_probe import digits_config
+from storage.layout import RootLayout
 from tasks.representation import pretrain_encoder
-print(json.dumps(pretrain_encoder(digits_config(epochs=40), Path({root!r}))["history"]))
+simclr = pretrain_encoder(digits_config(epochs=40), RootLayout(Path({root!r})))
+print(json.dumps(simclr.model_dump(mode="json")["history"]))
 """
 
 
@@ -261,14 +265,15 @@ def test_simclr_killed_mid_run_resumes_and_matches_an_uninterrupted_run(tmp_path
     killed_at = int(torch.load(ckpt, weights_only=True)["epoch"])
     assert killed_at < 39
 
-    resumed = pretrain_encoder(digits_config(epochs=40), roots["killed"])
-    reference = pretrain_encoder(digits_config(epochs=40), roots["reference"])
-    assert resumed["resumed_from_epoch"] == killed_at + 1 and reference["resumed_from_epoch"] is None
-    assert [h["loss"] for h in resumed["history"]] == [h["loss"] for h in reference["history"]]
-    weights = [torch.load(s["weights"], weights_only=True) for s in (resumed, reference)]
+    resumed = pretrain_encoder(digits_config(epochs=40), RootLayout(roots["killed"]))
+    reference = pretrain_encoder(digits_config(epochs=40), RootLayout(roots["reference"]))
+    assert resumed.resumed_from_epoch == killed_at + 1 and reference.resumed_from_epoch is None
+    assert [h.loss for h in resumed.history] == [h.loss for h in reference.history]
+    weights = [torch.load(s.weights, weights_only=True) for s in (resumed, reference)]
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
-    again = pretrain_encoder(digits_config(epochs=40), roots["reference"])  # finished: returned as it is
-    assert json.dumps(again["history"]) == json.dumps(reference["history"])
+    again = pretrain_encoder(digits_config(epochs=40), RootLayout(roots["reference"]))  # finished: returned as it is
+    history = [json.dumps(s.model_dump(mode="json")["history"]) for s in (again, reference)]
+    assert history[0] == history[1]
 
 
 def test_embedding_drawn_frames_equals_embedding_everything(tmp_path):

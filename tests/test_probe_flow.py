@@ -15,9 +15,10 @@ from conftest import CONFIGS
 
 from configs.schema import load_config
 from flows.cli import main
+from storage.layout import RootLayout
+from storage.model_store import SUMMARY
 from storage.tracking import tracking_uri
 from tasks.ingest import ingest
-from tasks.train import SUMMARY
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +29,7 @@ def probed(prefect_harness, tmp_path_factory):
     path = folder / "demo.yaml"
     path.write_text(yaml.safe_dump(config))
     root = folder / "root"
-    ingest(load_config(path), root)
+    ingest(load_config(path), RootLayout(root))
     return root, path
 
 
@@ -58,7 +59,7 @@ def test_probe_on_the_demo(probed, capsys):
         for target in out["targets"]:
             assert mi[enc][target] <= out["entropy"][target]
 
-    client = mlflow.MlflowClient(tracking_uri(root))
+    client = mlflow.MlflowClient(tracking_uri(RootLayout(root)))
     run = client.get_run(out["mlflow_run_id"])
     assert run.data.tags["annostyle.stage"] == "probe"
     assert run.data.metrics["simclr.gold.accuracy"] == pytest.approx(acc["simclr"]["gold"])
@@ -83,7 +84,7 @@ def test_probe_on_the_demo(probed, capsys):
 
 def test_probe_needs_features(prefect_harness, tmp_path, capsys):
     root = tmp_path / "root"
-    ingest(load_config(CONFIGS / "bluebirds.yaml"), root)
+    ingest(load_config(CONFIGS / "bluebirds.yaml"), RootLayout(root))
     assert main(["probe", str(CONFIGS / "bluebirds.yaml"), "--root", str(root)]) == 2
     err = capsys.readouterr().err
     assert "bluebirds.zarr" in err and "features" in err and "labels only" in err

@@ -40,7 +40,7 @@ def test_projections_purity_and_rsm_on_separable_items():
     assert result.rsm.shape == (150, 150) and np.all(np.diff(result.rsm_labels) >= 0)
     assert result.rsm_contrast["difference"] > 0.3
     report = result.report()
-    assert report["n_frames"] == 400 and report["label_source"] == "gold"
+    assert report.n_frames == 400 and report.label_source == "gold"
 
 
 def test_cosine_rsm_is_sorted_by_label():

@@ -12,7 +12,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from configs.schema import PipelineConfig, TracksSource, load_config
+from configs.schema import PipelineConfig, load_config
+from configs.sources import TracksSource
 from errors import InputError
 from storage.batch import Batch
 from tasks.readers import read_source, read_tracks

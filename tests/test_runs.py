@@ -18,6 +18,7 @@ import pytest
 from conftest import CONFIGS, PROJECT
 
 from flows.cli import main
+from storage.layout import RootLayout
 from storage.tracking.runs import diff_records, list_runs
 
 BLUEBIRDS = CONFIGS / "bluebirds.yaml"
@@ -76,16 +77,16 @@ def test_runs_diff_says_what_changed(two_runs, capsys):
 @pytest.mark.slow
 def test_diff_of_changed_records_names_data_annotators_clusters_and_metrics(two_runs):
     root, _, _ = two_runs
-    a = list_runs(f"sqlite:///{root.resolve() / 'mlflow.db'}")[1]
-    b = json.loads(json.dumps(a))
-    b.update(run_id="b", version="v2", annotators=[*a["annotators"][1:], "newcomer"])
-    moved = a["annotators"][2]
-    b["clusters"]["2"][moved] = 1 - b["clusters"]["2"][moved]
-    b["metrics"]["n_annotators"] = 40.0
-    b["params"]["analyze.min_overlap"] = "99"
-    d = diff_records(a, b)
-    assert d["version"] == {"a": a["version"], "b": "v2"}
-    assert d["annotators"] == {"added": ["newcomer"], "removed": [a["annotators"][0]]}
+    a = list_runs(RootLayout(root).local_tracking_uri)[1]
+    b = a.model_copy(deep=True)
+    b.run_id, b.version, b.annotators = "b", "v2", [*a.annotators[1:], "newcomer"]
+    moved = a.annotators[2]
+    b.clusters["2"][moved] = 1 - b.clusters["2"][moved]
+    b.metrics["n_annotators"] = 40.0
+    b.params["analyze.min_overlap"] = "99"
+    d = diff_records(a, b).model_dump()
+    assert d["version"] == {"a": a.version, "b": "v2"}
+    assert d["annotators"] == {"added": ["newcomer"], "removed": [a.annotators[0]]}
     assert d["clusters_changed"] and moved in d["clusters"]["2"]["moved"] and d["clusters"]["3"]["same"]
     assert d["metrics"]["n_annotators"]["delta"] == 1.0
     assert d["params"]["analyze.min_overlap"]["b"] == "99"

@@ -28,87 +28,90 @@ from conftest import CONFIGS, PROJECT, make_batch
 
 from errors import InputError
 from flows import watch as w
+from storage.layout import RootLayout
+from tasks import inbox as ib
+from tasks import ledger as lg
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 TABLE_CONFIG = "name: toy\nsource:\n  kind: table\n  path: labels.csv\n"
 
 
-def found(name: str, digest: str, mtime: int = 0) -> w.Found:
-    return w.Found(name, Path("/in") / name, digest, mtime)
+def found(name: str, digest: str, mtime: int = 0) -> lg.Found:
+    return lg.Found(name, Path("/in") / name, digest, mtime)
 
 
 # ----------------------------------------------------------------------------- pure logic
 def test_names_hidden_and_partial_files_are_never_batches() -> None:
-    assert w.is_candidate_file("b1.csv", "table") and w.is_candidate_file("b1.yaml", "table")
-    assert w.is_candidate_file("b1.json", "mapping") and not w.is_candidate_file("b1.json", "table")
+    assert ib.is_candidate_file("b1.csv", "table") and ib.is_candidate_file("b1.yaml", "table")
+    assert ib.is_candidate_file("b1.json", "mapping") and not ib.is_candidate_file("b1.json", "table")
     for name in (".b1.csv", "b1.csv~", "b1.csv.tmp", "b1.csv.part", "b1.yaml.partial", "notes.txt"):
-        assert not w.is_candidate_file(name, "table"), name
+        assert not ib.is_candidate_file(name, "table"), name
 
 
 def test_an_entry_is_stable_after_one_unchanged_scan_or_when_the_ledger_knows_it() -> None:
     a, b = [["/in/a", 10, 1]], [["/in/b", 5, 2]]
-    assert w.stable_names({"a": a}, {}, {}) == []
-    assert w.stable_names({"a": a, "b": b}, {"a": a, "b": [["/in/b", 4, 1]]}, {}) == ["a"]
-    assert w.stable_names({"a": a}, {}, {"a": {"signature": a, "digest": "x"}}) == ["a"]
-    assert w.stable_names({"a": a}, {}, {"a": {"signature": [["/in/a", 11, 3]], "digest": "x"}}) == []
+    assert ib.stable_names({"a": a}, {}, {}) == []
+    assert ib.stable_names({"a": a, "b": b}, {"a": a, "b": [["/in/b", 4, 1]]}, {}) == ["a"]
+    assert ib.stable_names({"a": a}, {}, {"a": lg.Seen(signature=a, digest="x")}) == ["a"]
+    assert ib.stable_names({"a": a}, {}, {"a": lg.Seen(signature=[["/in/a", 11, 3]], digest="x")}) == []
 
 
 def test_due_takes_new_and_retryable_batches_oldest_first_and_each_hash_once() -> None:
-    ledger = w.new_ledger("toy", "/in")
-    ledger = w.mark_running(ledger, found("done.csv", "d"), "run-d", NOW)
-    ledger = w.mark_finished(ledger, "d", "COMPLETED", None, NOW, 10)
-    ledger = w.mark_running(ledger, found("late.csv", "f"), "run-f", NOW)
-    ledger = w.mark_finished(ledger, "f", "FAILED", "boom", NOW, 10)
+    ledger = lg.new_ledger("toy", "/in")
+    ledger = lg.mark_running(ledger, found("done.csv", "d"), "run-d", NOW)
+    ledger = lg.mark_finished(ledger, "d", "COMPLETED", None, NOW, 10)
+    ledger = lg.mark_running(ledger, found("late.csv", "f"), "run-f", NOW)
+    ledger = lg.mark_finished(ledger, "f", "FAILED", "boom", NOW, 10)
     items = [found("new2.csv", "n2", 5), found("new1.csv", "n1", 3), found("copy.csv", "n1", 4),
              found("done-again.csv", "d"), found("late.csv", "f")]
-    assert [i.name for i in w.due(ledger, items, NOW)] == ["new1.csv", "new2.csv"]
+    assert [i.name for i in lg.due(ledger, items, NOW)] == ["new1.csv", "new2.csv"]
     later = NOW + timedelta(seconds=11)
-    assert [i.name for i in w.due(ledger, items, later)] == ["late.csv", "new1.csv", "new2.csv"]
-    running = w.mark_running(w.new_ledger("toy", "/in"), found("a.csv", "a"), "run-a", NOW)
-    assert w.due(running, [found("a.csv", "a")], later) == []
-    assert w.running(running) == [("a", "run-a")]
+    assert [i.name for i in lg.due(ledger, items, later)] == ["late.csv", "new1.csv", "new2.csv"]
+    running = lg.mark_running(lg.new_ledger("toy", "/in"), found("a.csv", "a"), "run-a", NOW)
+    assert lg.due(running, [found("a.csv", "a")], later) == []
+    assert lg.running(running) == [("a", "run-a")]
 
 
 def test_a_batch_is_done_only_when_its_run_completed_and_failures_back_off() -> None:
-    ledger = w.mark_running(w.new_ledger("toy", "/in"), found("b.csv", "h"), "run-1", NOW)
-    assert ledger["batches"]["h"]["status"] == "running"
-    failed = w.mark_finished(ledger, "h", "CRASHED", "process killed", NOW, 10)
-    record = failed["batches"]["h"]
-    assert record["status"] == "failed" and record["attempts"] == 1
-    assert datetime.fromisoformat(record["next_try"]) == NOW + timedelta(seconds=10)
-    again = w.mark_finished(w.mark_running(failed, found("b.csv", "h"), "run-2", NOW), "h", "FAILED", "x", NOW, 10)
-    assert datetime.fromisoformat(again["batches"]["h"]["next_try"]) == NOW + timedelta(seconds=20)
-    done = w.mark_finished(w.mark_running(again, found("b.csv", "h"), "run-3", NOW), "h", "COMPLETED", None, NOW, 10)
-    record = done["batches"]["h"]
-    assert record["status"] == "done" and record["next_try"] is None
-    assert [(r["flow_run_id"], r["state"]) for r in record["runs"]] == [
+    ledger = lg.mark_running(lg.new_ledger("toy", "/in"), found("b.csv", "h"), "run-1", NOW)
+    assert ledger.batches["h"].status == "running"
+    failed = lg.mark_finished(ledger, "h", "CRASHED", "process killed", NOW, 10)
+    record = failed.batches["h"]
+    assert record.status == "failed" and record.attempts == 1
+    assert datetime.fromisoformat(record.next_try) == NOW + timedelta(seconds=10)
+    again = lg.mark_finished(lg.mark_running(failed, found("b.csv", "h"), "run-2", NOW), "h", "FAILED", "x", NOW, 10)
+    assert datetime.fromisoformat(again.batches["h"].next_try) == NOW + timedelta(seconds=20)
+    done = lg.mark_finished(lg.mark_running(again, found("b.csv", "h"), "run-3", NOW), "h", "COMPLETED", None, NOW, 10)
+    record = done.batches["h"]
+    assert record.status == "done" and record.next_try is None
+    assert [(r.flow_run_id, r.state) for r in record.runs] == [
         ("run-1", "CRASHED"), ("run-2", "FAILED"), ("run-3", "COMPLETED")]
-    bad = w.mark_finished(ledger, "h", "FAILED", "Flow run encountered an exception: InputError: x.csv: ...", NOW, 10)
-    assert bad["batches"]["h"]["status"] == "rejected"
-    assert w.retry_delay(30, 10) == w.MAX_RETRY_SECONDS
+    bad = lg.mark_finished(ledger, "h", "FAILED", "Flow run encountered an exception: InputError: x.csv: ...", NOW, 10)
+    assert bad.batches["h"].status == "rejected"
+    assert lg.retry_delay(30, 10) == lg.MAX_RETRY_SECONDS
 
 
 def test_a_run_is_lost_only_after_two_and_a_half_heartbeats_without_a_sign_of_life() -> None:
-    assert not w.is_lost(NOW, [NOW - timedelta(seconds=70), None], 30)
-    assert not w.is_lost(NOW, [NOW - timedelta(seconds=600), NOW - timedelta(seconds=20)], 30)
-    assert w.is_lost(NOW, [NOW - timedelta(seconds=600), NOW - timedelta(seconds=80)], 30)
-    assert w.is_lost(NOW, [None, None], 30)
-    assert not w.is_lost(NOW, [NOW - timedelta(days=1)], None)  # heartbeats off: never
+    assert not lg.is_lost(NOW, [NOW - timedelta(seconds=70), None], 30)
+    assert not lg.is_lost(NOW, [NOW - timedelta(seconds=600), NOW - timedelta(seconds=20)], 30)
+    assert lg.is_lost(NOW, [NOW - timedelta(seconds=600), NOW - timedelta(seconds=80)], 30)
+    assert lg.is_lost(NOW, [None, None], 30)
+    assert not lg.is_lost(NOW, [NOW - timedelta(days=1)], None)  # heartbeats off: never
 
 
 def test_idempotency_keys_name_root_dataset_batch_and_attempt(tmp_path: Path) -> None:
-    key = w.idempotency_key(tmp_path, "toy", "h", 1)
-    assert key == w.idempotency_key(tmp_path, "toy", "h", 1)
-    assert len({key, w.idempotency_key(tmp_path, "toy", "h", 2), w.idempotency_key(tmp_path / "x", "toy", "h", 1),
-                w.idempotency_key(tmp_path, "toy", "g", 1)}) == 4
+    key = lg.idempotency_key(tmp_path, "toy", "h", 1)
+    assert key == lg.idempotency_key(tmp_path, "toy", "h", 1)
+    assert len({key, lg.idempotency_key(tmp_path, "toy", "h", 2), lg.idempotency_key(tmp_path / "x", "toy", "h", 1),
+                lg.idempotency_key(tmp_path, "toy", "g", 1)}) == 4
 
 
 def test_seen_entries_follow_the_folder_and_batch_records_stay() -> None:
-    ledger = w.mark_running(w.new_ledger("toy", "/in"), found("a.csv", "a"), "r", NOW)
-    ledger = w.record_seen(ledger, {"a.csv": ([["/in/a.csv", 1, 1]], "a")})
-    assert set(ledger["seen"]) == {"a.csv"}
-    ledger = w.record_seen(ledger, {})
-    assert ledger["seen"] == {} and "a" in ledger["batches"]
+    ledger = lg.mark_running(lg.new_ledger("toy", "/in"), found("a.csv", "a"), "r", NOW)
+    ledger = lg.record_seen(ledger, {"a.csv": ([["/in/a.csv", 1, 1]], "a")})
+    assert set(ledger.seen) == {"a.csv"}
+    ledger = lg.record_seen(ledger, {})
+    assert ledger.seen == {} and "a" in ledger.batches
 
 
 # ----------------------------------------------------------------------------- files and the ledger file
@@ -116,16 +119,16 @@ def test_content_hash_is_the_bytes_not_the_name(tmp_path: Path) -> None:
     (tmp_path / "a.csv").write_text("task,worker,label\nq1,w1,0\n")
     (tmp_path / "b.csv").write_text("task,worker,label\nq1,w1,0\n")
     (tmp_path / "c.csv").write_text("task,worker,label\nq1,w1,1\n")
-    digest = {n: w.content_hash([tmp_path / n], tmp_path / n) for n in ("a.csv", "b.csv", "c.csv")}
+    digest = {n: ib.content_hash([tmp_path / n], tmp_path / n) for n in ("a.csv", "b.csv", "c.csv")}
     assert digest["a.csv"] == digest["b.csv"] != digest["c.csv"]
     for name in ("f1", "f2"):
         (tmp_path / name / "x").mkdir(parents=True)
         (tmp_path / name / "x" / "night.json").write_text("[0, 1]")
     (tmp_path / "f2" / ".DS_Store").write_text("junk")
-    f1, f2 = (w.content_hash(w.batch_files(tmp_path / n, []), tmp_path / n) for n in ("f1", "f2"))
+    f1, f2 = (ib.content_hash(ib.batch_files(tmp_path / n, []), tmp_path / n) for n in ("f1", "f2"))
     assert f1 == f2
     (tmp_path / "f2" / "x" / "night.json").rename(tmp_path / "f2" / "x" / "day.json")
-    assert w.content_hash(w.batch_files(tmp_path / "f2", []), tmp_path / "f2") != f1
+    assert ib.content_hash(ib.batch_files(tmp_path / "f2", []), tmp_path / "f2") != f1
 
 
 def test_batch_targets_by_source_kind(tmp_path: Path) -> None:
@@ -136,36 +139,36 @@ def test_batch_targets_by_source_kind(tmp_path: Path) -> None:
     written = write_table_batch(make_batch(["s"], [2], ["w1"], [0, 1], features=False), tmp_path / "folder")
     (tmp_path / "tracks" / "w1").mkdir(parents=True)
     (tmp_path / "tracks" / "w1" / "night.json").write_text("[0]")
-    assert w.batch_target(tmp_path / "b.csv", "table") == tmp_path / "b.csv"
-    assert w.batch_target(tmp_path / "b.csv", "tracks") is None
-    assert w.batch_target(tmp_path / "b.yaml", "tracks") == tmp_path / "b.yaml"
+    assert ib.batch_target(tmp_path / "b.csv", "table") == tmp_path / "b.csv"
+    assert ib.batch_target(tmp_path / "b.csv", "tracks") is None
+    assert ib.batch_target(tmp_path / "b.yaml", "tracks") == tmp_path / "b.yaml"
     (tmp_path / "notes.yaml").write_text("just: notes\n")
-    assert w.batch_target(tmp_path / "notes.yaml", "table") is None
-    assert w.batch_target(tmp_path / "notes.yaml", "mapping") == tmp_path / "notes.yaml"
-    assert w.batch_target(tmp_path / "folder", "demo") == written
-    assert w.batch_target(tmp_path / "tracks", "tracks") == tmp_path / "tracks"
-    assert w.batch_target(tmp_path / "tracks", "table") is None
+    assert ib.batch_target(tmp_path / "notes.yaml", "table") is None
+    assert ib.batch_target(tmp_path / "notes.yaml", "mapping") == tmp_path / "notes.yaml"
+    assert ib.batch_target(tmp_path / "folder", "demo") == written
+    assert ib.batch_target(tmp_path / "tracks", "tracks") == tmp_path / "tracks"
+    assert ib.batch_target(tmp_path / "tracks", "table") is None
     (tmp_path / "folder" / "other.yaml").write_text("source: {kind: table, path: labels.parquet}\n")
     with pytest.raises(InputError, match="one YAML batch file"):
-        w.batch_target(tmp_path / "folder", "table")
+        ib.batch_target(tmp_path / "folder", "table")
 
 
 def test_ledger_round_trip_atomic_write_and_a_corrupt_ledger_is_an_error(tmp_path: Path) -> None:
-    path = w.ledger_path(tmp_path, "toy")
-    ledger = w.mark_running(w.load_ledger(path, "toy", tmp_path), found("a.csv", "a"), "r", NOW)
-    w.save_ledger(path, ledger)
-    assert w.load_ledger(path, "toy", tmp_path) == ledger
+    path = RootLayout(tmp_path).watch_ledger("toy")
+    ledger = lg.mark_running(lg.load_ledger(path, "toy", tmp_path), found("a.csv", "a"), "r", NOW)
+    lg.save_ledger(path, ledger)
+    assert lg.load_ledger(path, "toy", tmp_path) == ledger
     assert sorted(p.name for p in path.parent.iterdir()) == ["toy.json"]
     path.write_text("{not json")
     with pytest.raises(InputError, match="unreadable"):
-        w.load_ledger(path, "toy", tmp_path)
+        lg.load_ledger(path, "toy", tmp_path)
 
 
 def test_one_watcher_per_ledger(tmp_path: Path) -> None:
-    path = w.ledger_path(tmp_path, "toy")
-    with w.ledger_lock(path), pytest.raises(InputError, match="another watcher"), w.ledger_lock(path):
+    path = RootLayout(tmp_path).watch_ledger("toy")
+    with lg.ledger_lock(path), pytest.raises(InputError, match="another watcher"), lg.ledger_lock(path):
         pass
-    with w.ledger_lock(path):
+    with lg.ledger_lock(path):
         pass
 
 
@@ -174,7 +177,7 @@ def test_a_scan_takes_a_batch_only_once_it_stopped_changing(tmp_path: Path) -> N
     (tmp_path / "labels.csv").write_text("task,worker,label\nq1,w1,0\n")
     inbox = tmp_path / "inbox"
     inbox.mkdir()
-    watcher = w.Watcher(tmp_path / "toy.yaml", tmp_path / "root", inbox, 1.0, "reprocess/toy")
+    watcher = w.Watcher(tmp_path / "toy.yaml", RootLayout(tmp_path / "root"), inbox, 1.0, "reprocess/toy")
     (inbox / "b1.csv").write_text("task,worker,label\nq2,w1,1\n")
     (inbox / ".b2.csv").write_text("task,worker,label\nq3,w1,1\n")
     assert watcher._find() == []
@@ -183,9 +186,9 @@ def test_a_scan_takes_a_batch_only_once_it_stopped_changing(tmp_path: Path) -> N
     assert watcher._find() == []
     [item] = watcher._find()
     assert (item.name, item.target) == ("b1.csv", inbox / "b1.csv")
-    assert item.digest == w.content_hash([inbox / "b1.csv"], inbox / "b1.csv")
+    assert item.digest == ib.content_hash([inbox / "b1.csv"], inbox / "b1.csv")
     # a restarted watcher knows the stable entry from the ledger: no settling scan, no re-hash
-    again = w.Watcher(tmp_path / "toy.yaml", tmp_path / "root", inbox, 1.0, "reprocess/toy")
+    again = w.Watcher(tmp_path / "toy.yaml", RootLayout(tmp_path / "root"), inbox, 1.0, "reprocess/toy")
     assert [i.digest for i in again._find()] == [item.digest]
 
 
@@ -282,7 +285,7 @@ def start_serve(url: str, root: Path, inbox: Path, log: Path) -> subprocess.Pope
 
 
 def ledger_status(root: Path, name: str) -> str | None:
-    path = w.ledger_path(root, "bluebirds")
+    path = RootLayout(root).watch_ledger("bluebirds")
     if not path.exists():
         return None
     ledger = json.loads(path.read_text())
@@ -290,9 +293,9 @@ def ledger_status(root: Path, name: str) -> str | None:
 
 
 def store_batches(root: Path) -> int:
-    from storage.dataset_store import DatasetStore, dataset_uri
+    from storage.dataset_store import DatasetStore
 
-    return DatasetStore.open(dataset_uri(root, "bluebirds")).batch_count
+    return DatasetStore.open(RootLayout(root).dataset_uri("bluebirds")).batch_count
 
 
 def write_batch(path: Path, labels: dict[int, dict[int, bool]]) -> None:
@@ -367,7 +370,7 @@ def test_watched_batches_run_once_also_across_a_serve_restart(tmp_path: Path) ->
             assert {r.parameters["batch_path"] for r in new} == {str(inbox / "b2.yaml")}, "b1 ran again"
             assert [r.state_name for r in new] == ["Completed"]
             assert store_batches(root) == 3
-            ledger = json.loads(w.ledger_path(root, "bluebirds").read_text())
+            ledger = json.loads(RootLayout(root).watch_ledger("bluebirds").read_text())
             assert sorted(r["name"] for r in ledger["batches"].values()) == ["b1.yaml", "b2.yaml"]
             assert ledger["seen"]["b1-copy.yaml"]["digest"] == ledger["seen"]["b1.yaml"]["digest"]
             assert {".b3.yaml", "b4.yaml.part"}.isdisjoint(ledger["seen"])
@@ -389,4 +392,4 @@ def test_watched_batches_run_once_also_across_a_serve_restart(tmp_path: Path) ->
         # what flows.settings gives a run (values already in this process's environment win)
         assert env["PREFECT_RESULTS_LOCAL_STORAGE_PATH"] == os.environ["PREFECT_RESULTS_LOCAL_STORAGE_PATH"]
         assert "MPLCONFIGDIR" in env and "PREFECT_HOME" not in env
-        assert summary["deployments"] == ["pipeline/bluebirds", "reprocess/bluebirds"]
+        assert summary.deployments == ["pipeline/bluebirds", "reprocess/bluebirds"]

@@ -24,7 +24,8 @@ from sklearn.metrics import adjusted_rand_score
 
 from configs.schema import PipelineConfig, StoreConfig
 from storage.batch import Batch
-from storage.dataset_store import dataset_uri, open_or_create
+from storage.dataset_store import open_or_create
+from storage.layout import RootLayout
 from tasks.model import load_model
 from tasks.train import train_model
 
@@ -73,7 +74,7 @@ def digits_crowd(seed: int = 0, n_test: int = 400, styles: dict = STYLES) -> tup
 
 def digits_store(root, seed: int = 0):
     batch, confusions, groups = digits_crowd(seed)
-    store = open_or_create(dataset_uri(root, "digits"), StoreConfig(), batch.classes, None)
+    store = open_or_create(RootLayout(root).dataset_uri("digits"), StoreConfig(), batch.classes, None)
     store.append(batch, progress=False)
     return store, confusions, groups
 
@@ -89,26 +90,26 @@ def digits_config(head: str, baselines: list[str]) -> PipelineConfig:
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("digits")
     store, confusions, groups = digits_store(root)
-    conal = train_model(digits_config("conal", ["mv", "ds"]), root)
-    ma = train_model(digits_config("multi_annotator", []), root)
+    conal = train_model(digits_config("conal", ["mv", "ds"]), RootLayout(root))
+    ma = train_model(digits_config("multi_annotator", []), RootLayout(root))
     return {"conal": conal, "ma": ma, "confusions": confusions, "groups": groups, "store": store, "root": root}
 
 
 @pytest.mark.slow
 def test_conal_and_multi_annotator_head_beat_majority_vote_on_held_out_gold(trained):
-    conal, ma = trained["conal"]["metrics"], trained["ma"]["metrics"]
-    mv = conal["mv"]  # the baselines do not depend on the head trained beside them
-    assert trained["conal"]["n_test_frames"] == 400
+    conal, ma = trained["conal"].metrics, trained["ma"].metrics
+    mv = conal.mv  # the baselines do not depend on the head trained beside them
+    assert trained["conal"].n_test_frames == 400
     # measured with these seeds: CoNAL 0.97, MA 0.95, MV 0.91, DS 0.96; 0.01 is 4 test images
-    assert conal["test_accuracy"] >= mv["test_accuracy"] + 0.01
-    assert ma["test_accuracy"] >= mv["test_accuracy"] + 0.01
-    assert conal["test_accuracy"] > 0.93 and ma["test_accuracy"] > 0.93
-    assert conal["ds"]["test_accuracy"] is not None
+    assert conal.test_accuracy >= mv.test_accuracy + 0.01
+    assert ma.test_accuracy >= mv.test_accuracy + 0.01
+    assert conal.test_accuracy > 0.93 and ma.test_accuracy > 0.93
+    assert conal.ds.test_accuracy is not None
 
 
 @pytest.mark.slow
 def test_conal_confusions_follow_the_simulated_ones(trained):
-    model = load_model(trained["conal"]["model_dir"])
+    model = load_model(trained["conal"].model_dir)
     _, local = model.net.head.confusions()
     local = local.detach().numpy()
     truth = trained["confusions"]
@@ -123,7 +124,7 @@ def test_conal_confusions_follow_the_simulated_ones(trained):
 
 @pytest.mark.slow
 def test_learned_annotator_embeddings_group_annotators_by_style(trained):
-    model = load_model(trained["ma"]["model_dir"])
+    model = load_model(trained["ma"].model_dir)
     emb = model.annotator_embeddings
     groups = trained["groups"]
     dist = np.linalg.norm(emb[:, None] - emb[None], axis=-1)
@@ -138,15 +139,15 @@ def test_learned_annotator_embeddings_group_annotators_by_style(trained):
 def test_a_conal_run_is_recorded_with_its_confusion_matrices(trained):
     import mlflow
 
-    from storage.tracking.train import record_train
+    from flows.train import record_training
 
     root, summary = trained["root"], trained["conal"]
-    run_id = record_train(root, digits_config("conal", ["mv", "ds"]).model_dump(mode="json"), summary)
+    run_id = record_training(RootLayout(root), digits_config("conal", ["mv", "ds"]), summary).mlflow_run_id
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{root.resolve() / 'mlflow.db'}")
     artifacts = {f.path for f in client.list_artifacts(run_id, "figures")}
     assert "figures/conal_confusions.png" in artifacts and "figures/annotator_embeddings.png" in artifacts
     run = client.get_run(run_id)
     assert run.data.params["train.head.kind"] == "conal"
-    assert run.data.metrics["final.test_accuracy"] == pytest.approx(summary["metrics"]["test_accuracy"])
-    assert run.data.metrics["final.mv.test_accuracy"] == pytest.approx(summary["metrics"]["mv"]["test_accuracy"])
+    assert run.data.metrics["final.test_accuracy"] == pytest.approx(summary.metrics.test_accuracy)
+    assert run.data.metrics["final.mv.test_accuracy"] == pytest.approx(summary.metrics.mv.test_accuracy)
     assert mlflow.models.get_model_info(f"runs:/{run_id}/model").signature is not None

@@ -12,7 +12,8 @@ from conftest import CONFIGS, make_batch
 from configs.schema import PipelineConfig, StoreConfig, load_config
 from configs.train import EncoderConfig, HeadConfig, TrainConfig
 from errors import InputError
-from storage.dataset_store import dataset_uri, open_or_create
+from storage.dataset_store import open_or_create
+from storage.layout import RootLayout
 from tasks.aggregate import CrowdAggregate, aggregator_report, long_table
 from tasks.conal import ConalHead
 from tasks.encoders import MLPEncoder, TemporalConvEncoder, build_encoder, dilations
@@ -205,16 +206,16 @@ def test_a_frozen_random_encoder_stays_as_initialised(small_store, tmp_path):
         "name": "toy", "source": {"kind": "demo"},
         "train": {"threads": 1, "baselines": [], "encoder": {"kind": "mlp", "frozen": True},
                   "optim": {"max_epochs": 2}}})
-    moved = open_or_create(dataset_uri(root, "toy"), StoreConfig(chunk_frames=16), ["a", "b", "c"], None)
+    moved = open_or_create(RootLayout(root).dataset_uri("toy"), StoreConfig(chunk_frames=16), ["a", "b", "c"], None)
     moved.append(make_batch([f"s{i}" for i in range(5)], [9, 20, 1, 30, 12], ["a", "b"],
                             store.read_labels(), seed=1), progress=False)
-    summary = train_model(config, root)
-    trained = load_model(Path(summary["model_dir"])).net.encoder
+    summary = train_model(config, RootLayout(root))
+    trained = load_model(Path(summary.model_dir)).net.encoder
     torch.manual_seed(0)
     fresh = build_encoder(EncoderConfig(kind="mlp"), 3)
     body = {k: v for k, v in trained.state_dict().items() if not k.startswith("standardize")}
     assert all(torch.equal(v, fresh.state_dict()[k]) for k, v in body.items())
-    assert summary["epochs"] == 2 and summary["encoder"] == "mlp"
+    assert summary.epochs == 2 and summary.encoder == "mlp"
 
 
 # ----------------------------------------------------------------------------- aggregation
@@ -226,8 +227,8 @@ def test_aggregators_on_a_tiny_matrix():
     ds = CrowdAggregate("ds", 3).fit(labels)
     assert ds.labels_[2] == -1 and ds.probas_.shape == (4, 3) and np.allclose(ds.probas_[[0, 1, 3]].sum(1), 1)
     report = aggregator_report(labels, np.array([0, 1, 2, 2], np.int16), 3, ["x", "y", "z"])
-    assert report["mv"]["consensus_accuracy"] == 1.0 and report["mv"]["n_gold"] == 3  # item 2 has no label
-    assert report["mv"]["agreement_per_annotator"]["z"] == 0.5
+    assert report["mv"].consensus_accuracy == 1.0 and report["mv"].n_gold == 3  # item 2 has no label
+    assert report["mv"].agreement_per_annotator["z"] == 0.5
 
 
 # --------------------------------------------------------------------- split, key, schedule

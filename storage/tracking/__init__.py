@@ -49,10 +49,13 @@ def experiment_for(dataset: str, layout: RootLayout) -> str:
         except mlflow.exceptions.MlflowException:
             if mlflow.get_experiment_by_name(name) is None:  # not a lost race: a real error
                 raise
-    return mlflow.get_experiment_by_name(name).experiment_id
+    experiment = mlflow.get_experiment_by_name(name)
+    if experiment is None:
+        raise RuntimeError(f"MLflow experiment {name} was created but cannot be read back")
+    return experiment.experiment_id
 
 
-def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:  # JSON boundary: a config as params
     """Nested mappings as dotted keys, the way MLflow params are shown."""
     out: dict[str, Any] = {}
     for key, value in data.items():
@@ -99,7 +102,7 @@ class StoreSource(DatasetSource):
     def _resolve(cls, raw_source: Any) -> StoreSource:
         return cls(str(raw_source))
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:  # JSON boundary: MLflow stores a source as JSON
         return {"uri": self.uri}
 
     @classmethod
@@ -115,7 +118,8 @@ def log_store_input(uri: str, name: str, version: str, context: str) -> None:
             source = resolve_dataset_source(uri)
         except mlflow.exceptions.MlflowException:
             source = StoreSource(uri)
-    mlflow.log_input(MetaDataset(source=source, name=name, digest=version), context=context)
+    dataset = MetaDataset(source=source, name=name, digest=version)  # type: ignore[abstract]  # mlflow's stubs
+    mlflow.log_input(dataset, context=context)
 
 
 def log_metrics(metrics: Mapping[str, float | int | None], step: int | None = None) -> None:

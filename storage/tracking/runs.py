@@ -16,11 +16,23 @@ from mlflow import MlflowClient
 from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 
+from errors import InputError
+from storage.results.runs import (
+    AnnotatorChange,
+    AriVsTruth,
+    Change,
+    ClusterChange,
+    MetricChange,
+    RunDiff,
+    RunRecord,
+)
+
 PARENT_STAGES = ("pipeline", "reprocess")
 KEY_METRICS = ("n_annotators", "cophenetic_correlation", "ari_vs_truth_distances", "ari_vs_truth_embeddings",
                "final.val_accuracy", "final.val_loss", "val_accuracy", "n_low_overlap_pairs", "seconds")
 
 
+# JSON boundary: a JSON artifact of a run
 def _artifact_json(client: MlflowClient, run_id: str, path: str) -> dict[str, Any] | None:
     """A JSON artifact of a run, or None if the run has no such artifact."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -58,6 +70,7 @@ def parent_runs(client: MlflowClient, limit: int = 20, dataset: str | None = Non
     return sorted(runs, key=lambda r: r.info.start_time or 0, reverse=True)[:limit]
 
 
+# JSON boundary: a pipeline.json stage record in, the analysis summary.json out
 def _analysis(client: MlflowClient, stage: Mapping[str, Any] | None) -> tuple[dict[str, Any] | None, Run | None]:
     """The analysis summary and the run that computed it (the original one when the stage was reused)."""
     if not stage or not stage.get("run_id"):
@@ -71,12 +84,13 @@ def _analysis(client: MlflowClient, stage: Mapping[str, Any] | None) -> tuple[di
     return summary, source
 
 
-def describe_run(client: MlflowClient, run: Run) -> dict[str, Any]:
+def describe_run(client: MlflowClient, run: Run) -> RunRecord:
     """One parent run as a flat record: when, why, which data and model, what each stage did, the clusters."""
     tags = run.data.tags
     children = client.search_runs([run.info.experiment_id], f"tags.`mlflow.parentRunId` = '{run.info.run_id}'",
                                   order_by=["attributes.start_time ASC"])
     record = _artifact_json(client, run.info.run_id, "pipeline.json") or {}
+    # JSON boundary: pipeline.json's stage records
     stages: dict[str, dict[str, Any]] = {name: dict(info) for name, info in (record.get("stages") or {}).items()}
     for child in children:  # runs that died before pipeline.json was written still show up
         name = child.data.tags.get("annostyle.stage", "?").removesuffix(" (reused)")
@@ -95,31 +109,32 @@ def describe_run(client: MlflowClient, run: Run) -> dict[str, Any]:
     if train is not None:
         metrics.update({k: v for k, v in train.data.metrics.items()
                         if k.startswith(("final.", "val_")) or k.endswith("consensus_accuracy")})
-    return {
-        "run_id": run.info.run_id,
-        "kind": tags.get("annostyle.stage"),
-        "experiment": run.info.experiment_id,
-        "status": run.info.status,
-        "start_time": _time(run.info.start_time),
-        "end_time": _time(run.info.end_time),
-        "trigger": tags.get("annostyle.trigger", "manual"),
-        "dataset": tags.get("annostyle.dataset"),
-        "version": version,
-        "batch": tags.get("annostyle.batch"),
-        "code_version": tags.get("annostyle.code_version"),
-        "model_run_id": None if model_run in (None, "None") else model_run,
-        "analysis_run_id": analysis_run.info.run_id if analysis_run else None,
-        "stages": stages,
-        "method": (summary or {}).get("method"),
-        "annotators": (summary or {}).get("annotators"),
-        "clusters": (summary or {}).get("clusters"),
-        "ari_vs_truth": ((summary or {}).get("ari_vs_truth") or {}).get("distances"),
-        "metrics": {k: metrics[k] for k in KEY_METRICS if k in metrics},
-        "params": dict(run.data.params),
-    }
+    ari = ((summary or {}).get("ari_vs_truth") or {}).get("distances")
+    return RunRecord(
+        run_id=run.info.run_id,
+        kind=tags.get("annostyle.stage"),
+        experiment=run.info.experiment_id,
+        status=run.info.status,
+        start_time=_time(run.info.start_time),
+        end_time=_time(run.info.end_time),
+        trigger=tags.get("annostyle.trigger", "manual"),
+        dataset=tags.get("annostyle.dataset"),
+        version=version,
+        batch=tags.get("annostyle.batch"),
+        code_version=tags.get("annostyle.code_version"),
+        model_run_id=None if model_run in (None, "None") else model_run,
+        analysis_run_id=analysis_run.info.run_id if analysis_run else None,
+        stages=stages,
+        method=(summary or {}).get("method"),
+        annotators=(summary or {}).get("annotators"),
+        clusters=(summary or {}).get("clusters"),
+        ari_vs_truth=AriVsTruth.model_validate(ari) if ari else None,
+        metrics={k: metrics[k] for k in KEY_METRICS if k in metrics},
+        params=dict(run.data.params),
+    )
 
 
-def list_runs(tracking_uri: str, limit: int = 20, dataset: str | None = None) -> list[dict[str, Any]]:
+def list_runs(tracking_uri: str, limit: int = 20, dataset: str | None = None) -> list[RunRecord]:
     """Recent pipeline and reprocess runs, newest first, each described by `describe_run`."""
     client = MlflowClient(tracking_uri=tracking_uri)
     return [describe_run(client, run) for run in parent_runs(client, limit, dataset)]
@@ -133,56 +148,56 @@ def _groups(assignment: Mapping[str, int]) -> list[list[str]]:
     return sorted(sorted(g) for g in groups.values())
 
 
-def _changed(a: Any, b: Any) -> dict[str, Any] | None:
-    return None if a == b else {"a": a, "b": b}
+def _changed(a: str | None, b: str | None) -> Change | None:
+    return None if a == b else Change(a=a, b=b)
 
 
-def diff_records(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
+def _cluster_change(ca: Mapping[str, int] | None, cb: Mapping[str, int] | None) -> ClusterChange:
+    """One k's groups in both runs; `moved`: the annotators (in both) whose group mates changed."""
+    ga = _groups(ca) if ca is not None else None
+    gb = _groups(cb) if cb is not None else None
+    if ca is None or cb is None:
+        return ClusterChange(same=ga == gb, a=ga, b=gb)
+    common = set(ca) & set(cb)
+    moved = [x for x in sorted(common)
+             if {y for y in common if ca[y] == ca[x]} != {y for y in common if cb[y] == cb[x]}]
+    return ClusterChange(same=ga == gb, a=ga, b=gb, moved=moved)
+
+
+def diff_records(a: RunRecord, b: RunRecord) -> RunDiff:
     """What changed from run `a` to run `b`: data version, params, annotators, clusters, key metrics."""
-    params_a, params_b = a.get("params") or {}, b.get("params") or {}
-    params = {k: {"a": params_a.get(k), "b": params_b.get(k)}
-              for k in sorted(set(params_a) | set(params_b)) if params_a.get(k) != params_b.get(k)}
-    ann_a, ann_b = set(a.get("annotators") or []), set(b.get("annotators") or [])
-    clusters: dict[str, Any] = {}
-    ca, cb = a.get("clusters") or {}, b.get("clusters") or {}
-    for k in sorted(set(ca) | set(cb), key=lambda x: int(x)):
-        ga = _groups(ca[k]) if k in ca else None
-        gb = _groups(cb[k]) if k in cb else None
-        entry: dict[str, Any] = {"same": ga == gb, "a": ga, "b": gb}
-        if ga is not None and gb is not None:
-            moved = []
-            common = set(ca[k]) & set(cb[k])
-            for x in sorted(common):
-                with_a = {y for y in common if ca[k][y] == ca[k][x]}
-                with_b = {y for y in common if cb[k][y] == cb[k][x]}
-                if with_a != with_b:
-                    moved.append(x)
-            entry["moved"] = moved
-        clusters[str(k)] = entry
-    ma, mb = a.get("metrics") or {}, b.get("metrics") or {}
-    metrics = {k: {"a": ma.get(k), "b": mb.get(k),
-                   "delta": None if k not in ma or k not in mb else mb[k] - ma[k]}
+    params = {k: Change(a=a.params.get(k), b=b.params.get(k))
+              for k in sorted(set(a.params) | set(b.params)) if a.params.get(k) != b.params.get(k)}
+    ann_a, ann_b = set(a.annotators or []), set(b.annotators or [])
+    ca, cb = a.clusters or {}, b.clusters or {}
+    clusters = {str(k): _cluster_change(ca.get(k), cb.get(k)) for k in sorted(set(ca) | set(cb), key=int)}
+    ma, mb = a.metrics, b.metrics
+    metrics = {k: MetricChange(a=ma.get(k), b=mb.get(k), delta=None if k not in ma or k not in mb else mb[k] - ma[k])
                for k in sorted(set(ma) | set(mb)) if ma.get(k) != mb.get(k)}
-    stages = {s: {"a": (a["stages"].get(s) or {}).get("status"), "b": (b["stages"].get(s) or {}).get("status")}
-              for s in sorted(set(a.get("stages") or {}) | set(b.get("stages") or {}))}
-    return {
-        "a": a["run_id"], "b": b["run_id"],
-        "dataset": _changed(a.get("dataset"), b.get("dataset")),
-        "version": _changed(a.get("version"), b.get("version")),
-        "trigger": _changed(a.get("trigger"), b.get("trigger")),
-        "code_version": _changed(a.get("code_version"), b.get("code_version")),
-        "model_run_id": _changed(a.get("model_run_id"), b.get("model_run_id")),
-        "method": _changed(a.get("method"), b.get("method")),
-        "params": params,
-        "annotators": {"added": sorted(ann_b - ann_a), "removed": sorted(ann_a - ann_b)},
-        "clusters": clusters,
-        "clusters_changed": any(not c["same"] for c in clusters.values()),
-        "metrics": metrics,
-        "stages": stages,
-    }
+    stages = {s: Change(a=(a.stages.get(s) or {}).get("status"), b=(b.stages.get(s) or {}).get("status"))
+              for s in sorted(set(a.stages) | set(b.stages))}
+    return RunDiff(
+        a=a.run_id, b=b.run_id,
+        dataset=_changed(a.dataset, b.dataset),
+        version=_changed(a.version, b.version),
+        trigger=_changed(a.trigger, b.trigger),
+        code_version=_changed(a.code_version, b.code_version),
+        model_run_id=_changed(a.model_run_id, b.model_run_id),
+        method=_changed(a.method, b.method),
+        params=params,
+        annotators=AnnotatorChange(added=sorted(ann_b - ann_a), removed=sorted(ann_a - ann_b)),
+        clusters=clusters,
+        clusters_changed=any(not c.same for c in clusters.values()),
+        metrics=metrics,
+        stages=stages,
+    )
 
 
-def diff_runs(tracking_uri: str, run_a: str, run_b: str) -> dict[str, Any]:
-    """`diff_records` of two parent runs given their ids."""
+def diff_runs(tracking_uri: str, run_a: str, run_b: str) -> RunDiff:
+    """`diff_records` of two parent runs given their ids; an unknown id is bad input."""
     client = MlflowClient(tracking_uri=tracking_uri)
-    return diff_records(describe_run(client, client.get_run(run_a)), describe_run(client, client.get_run(run_b)))
+    try:
+        a, b = client.get_run(run_a), client.get_run(run_b)
+    except MlflowException as err:
+        raise InputError(tracking_uri, "--diff", [run_a, run_b], f"no such run: {err.message}") from err
+    return diff_records(describe_run(client, a), describe_run(client, b))

@@ -1,32 +1,32 @@
-"""File readers: each turns one config source section into a validated `storage.batch.Batch`."""
+"""File readers: each turns one config source section into a validated `storage.batch.Batch`.
+
+Which function reads which `source.kind` is registered in `configs.sources.READERS`; a reader is
+`read(src, classes, annotators) -> Batch` (the config's fixed classes and annotators, or None).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 from configs.schema import PipelineConfig
-from errors import InputError
+from configs.sources import READERS, SourceConfig
 from storage.batch import Batch
 from tasks.readers.mapping import read_mapping
 from tasks.readers.table import read_table
 from tasks.readers.tracks import read_tracks
+from tasks.registry import load
 
-__all__ = ["read_mapping", "read_source", "read_table", "read_tracks"]
+__all__ = ["Reader", "read_mapping", "read_source", "read_table", "read_tracks"]
+
+Reader = Callable[[SourceConfig, Sequence[bool | int | str] | None, Sequence[str] | None], Batch]
+"""What a registered reader is (its `src` is the reader's own source model)."""
 
 
 def read_source(config: PipelineConfig) -> Batch:
-    """Read the config's source with its fixed classes and annotators; the batch is validated."""
-    src = config.source
-    if src.kind == "table":
-        batch = read_table(src, config.classes, config.annotators)
-    elif src.kind == "tracks":
-        batch = read_tracks(src, config.classes, config.annotators)
-    elif src.kind == "mapping":
-        batch = read_mapping(src, config.classes, config.annotators)
-    elif src.kind == "demo":
-        from tasks.demo import generate_batch  # written separately; imported only when asked for
-
-        batch = generate_batch(src)
-    else:  # pragma: no cover - the schema admits no other kind
-        raise InputError(config.name, "source.kind", src.kind, "unknown source kind")
+    """Read the config's source with its registered reader, fixed classes and annotators; the
+    batch is validated."""
+    read: Reader = load(READERS[config.source.kind])
+    batch = read(config.source, config.classes, config.annotators)
     batch.replace = config.replace
     batch.validate()
     return batch

@@ -76,8 +76,8 @@ def encode_labels(
     if fixed_classes is not None:
         classes = [class_key(c) for c in fixed_classes]
         index = {c: i for i, c in enumerate(classes)}
-        for position, key in enumerate(keys):
-            if key is not None and key not in index:
+        for position, known in enumerate(keys):
+            if known is not None and known not in index:
                 row = int(np.flatnonzero(codes == position)[0])
                 raise InputError(
                     _file_at(file, row), field, plain(uniques[position]),

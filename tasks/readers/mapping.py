@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from configs.schema import MappingSource
+from configs.sources import MappingSource
 from errors import InputError
 from storage.batch import Batch
 from tasks.readers.common import check_annotators, encode_with_gold, fill_labels, sort_codes

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from configs.schema import TableSource
+from configs.sources import TableSource
 from errors import InputError
 from storage.batch import Batch
 from tasks.readers.common import (
@@ -63,6 +63,9 @@ def read_table(
     ann_codes, ann_names = sort_codes(ann_codes, ann_names)
     check_annotators(ann_names, annotators, path, src.annotator_column)
 
+    seq_names: list[str] | None
+    lengths: np.ndarray | None
+    item_names: list[str] | None
     if sequences is None:
         frame, item_names = encode_names(table[src.item_column])
         _no_gaps(path, src.item_column, frame)
@@ -72,12 +75,12 @@ def read_table(
 
     features = None
     if src.features is not None:
-        n_frames = int(lengths.sum()) if lengths is not None else len(item_names)
+        n_frames = int(lengths.sum()) if lengths is not None else len(item_names or [])
         features, extra = _read_features(Path(src.features), src, item_names, n_frames, sequences is None)
         item_names = None if item_names is None else item_names + extra
-    if seq_names is None:
-        seq_names = list(item_names)
-        lengths = np.ones(len(item_names), dtype=np.int64)
+    if seq_names is None or lengths is None:  # items (set in the first branch): one-frame sequences
+        seq_names = list(item_names or [])
+        lengths = np.ones(len(seq_names), dtype=np.int64)
     n_frames = int(lengths.sum())
     frame_name = _frame_namer(item_names, seq_names, lengths)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from configs.schema import TracksSource
+from configs.sources import TracksSource
 from errors import InputError
 from storage.batch import MISSING, Batch
 from tasks.readers.common import check_annotators, encode_labels

@@ -1,0 +1,140 @@
+"""Source configs and the reader registry: which formats a dataset's labels may come in.
+
+A reader is one config model here (a `SourceConfig` subclass with its own `kind`), one function in
+`tasks/readers/` and one `READERS.register(ReaderEntry(...))` line. The config schema takes its
+allowed `source.kind` values from `READERS`, `tasks.readers.read_source` calls the registered
+function, and the batch helpers (`configs.schema.config_for_batch`, the watcher) read the entry's
+`suffixes`, `batch_field` and `folder_batch`, so nothing else has to learn about a new format.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BeforeValidator, Field
+
+from configs.base import Strict, resolve_path
+from configs.registry import Entry, Registry
+
+
+def _exists(path: Path) -> Path:
+    if not path.exists():
+        raise ValueError(f"file not found: {path}")
+    return path.resolve()
+
+
+InputPath = Annotated[Path, BeforeValidator(resolve_path), AfterValidator(_exists)]
+"""A path that must exist, relative to the config file's folder."""
+
+
+class SourceConfig(Strict):
+    """The base of every source section: `kind` names its registered reader."""
+
+    kind: str
+
+    def input_paths(self) -> list[Path]:
+        """Every file or folder this source names (its Path and list-of-Path fields that are set)."""
+        found: list[Path] = []
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            values = value if isinstance(value, list) else [value]
+            found += [v for v in values if isinstance(v, Path)]
+        return found
+
+
+class TableSource(SourceConfig):
+    """A long table, one row per (item, annotator, label); the crowd-kit column names by default.
+
+    Rows whose annotator and label are empty contribute gold only (a test item). With
+    `sequence_column` and `frame_column`, items are frames of sequences.
+    """
+
+    kind: Literal["table"]
+    path: InputPath
+    format: Literal["csv", "tsv", "parquet"] | None = None
+    item_column: str = "task"
+    annotator_column: str = "worker"
+    label_column: str = "label"
+    gold_column: str | None = None
+    sequence_column: str | None = None
+    frame_column: str | None = None
+    features: InputPath | None = Field(
+        None, description=".npy whose row i is item id i, or .csv/.parquet keyed by item id"
+    )
+    features_item_column: str | None = None
+
+
+class TracksSource(SourceConfig):
+    """Per-sequence label tracks: `<annotator>/<sequence>.json`, a list of per-frame labels."""
+
+    kind: Literal["tracks"]
+    paths: list[InputPath] = Field(min_length=1)
+    missing: int | str = -1
+
+
+class MappingSource(SourceConfig):
+    """A nested mapping `{annotator: {item: label}}` in YAML or JSON, with a gold `{item: label}`."""
+
+    kind: Literal["mapping"]
+    labels: InputPath
+    gold: InputPath | None = None
+
+
+class DemoSource(SourceConfig):
+    """The built-in generator of behaviour-like sequences and simulated annotators."""
+
+    kind: Literal["demo"]
+    size: Literal["demo", "large"] = "demo"
+    seed: int = 0
+    n_sequences: int | None = Field(None, gt=0)
+    sequence_length: int | None = Field(None, ge=50)
+    n_annotators: int | None = Field(None, ge=6, le=12)
+    n_groups: int | None = Field(None, ge=2, le=3)
+
+
+@dataclass(frozen=True)
+class ReaderEntry(Entry):
+    """A source format: its config model, its reader (`target`) and how a new batch arrives.
+
+    `target` is a function `read(src, classes, annotators) -> storage.batch.Batch` (classes and
+    annotators: the config's fixed lists, or None). A new batch is either a YAML file with a
+    `source:` section (always), or a data file with one of `suffixes` (lower case, with the dot),
+    or, with `folder_batch`, a folder; its path replaces the source field `batch_field` (a list
+    field gets a one-path list), and the fields in `batch_resets` go back to their defaults.
+    `batch_field` None: batches come only as YAML files.
+    """
+
+    model: type[SourceConfig] = SourceConfig
+    suffixes: frozenset[str] = frozenset()
+    batch_field: str | None = None
+    batch_resets: tuple[str, ...] = field(default=())
+    folder_batch: bool = False
+
+    def batch_source(self, source: SourceConfig, path: Path) -> dict[str, Any]:  # JSON boundary: a source section
+        """The source section for a batch at `path`, in the format of `source` (whose kind this is)."""
+        if self.batch_field is None:
+            raise ValueError(f"a {self.name} dataset takes batches as a YAML file with a `source:` section")
+        data = source.model_dump()
+        data[self.batch_field] = [path] if isinstance(data[self.batch_field], list) else path
+        for name in self.batch_resets:
+            data[name] = type(source).model_fields[name].get_default()
+        return data
+
+
+READERS = Registry[ReaderEntry]("source kind")
+"""Every source format, by `kind`."""
+
+READERS.register(ReaderEntry(
+    "table", "tasks.readers.table:read_table", TableSource,
+    suffixes=frozenset({".csv", ".tsv", ".tab", ".parquet", ".pq"}), batch_field="path",
+))
+READERS.register(ReaderEntry(
+    "tracks", "tasks.readers.tracks:read_tracks", TracksSource, batch_field="paths", folder_batch=True,
+))
+READERS.register(ReaderEntry(
+    "mapping", "tasks.readers.mapping:read_mapping", MappingSource,
+    suffixes=frozenset({".yaml", ".yml", ".json"}), batch_field="labels", batch_resets=("gold",),
+))
+READERS.register(ReaderEntry("demo", "tasks.demo:read_demo", DemoSource))
