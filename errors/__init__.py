@@ -28,4 +28,12 @@ class InputError(ValueError):
         super().__init__(f"{where}: {problem} (value: {shown})")
 
 
-__all__ = ["InputError"]
+class DamagedStore(InputError):
+    """A store file that fails its check (a checksum, a missing chunk, an edited manifest).
+
+    `file` is the chunk or metadata file, `field` the array (or "manifest"), `value` what was
+    found. Never read as data: the command stops and names the file.
+    """
+
+
+__all__ = ["DamagedStore", "InputError"]
