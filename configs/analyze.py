@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from configs.base import CodecConfig, Strict
+from configs.inputs import MAX_CHUNK_FRAMES, MAX_SEED
 from configs.registry import Entry, Registry
 
 METRICS = Registry[Entry]("distance metric")
@@ -31,7 +32,7 @@ class PredictConfig(Strict):
     embedding_dtype: Literal["float16", "float32"] = Field("float32", description="dtype of the stored embeddings")
     codec: CodecConfig = CodecConfig()
     chunk_frames: int | None = Field(
-        None, gt=0, description="frames per chunk; None: about 8 MiB of logits per chunk (a power of 2)"
+        None, gt=0, le=MAX_CHUNK_FRAMES, description="frames per chunk; None: about 8 MiB of logits per chunk (a power of 2)"
     )
 
 
@@ -51,7 +52,7 @@ class AnalyzeConfig(Strict):
                           "or the address of a running cluster, tcp://host:port"
     )
     read_chunk_frames: int | None = Field(
-        None, gt=0, description="frames per Dask chunk when reading logits; None: store chunks, about 16 MiB"
+        None, gt=0, le=MAX_CHUNK_FRAMES, description="frames per Dask chunk when reading logits; None: store chunks, about 16 MiB"
     )
     label_distance: Literal["disagreement", "kappa"] = Field(
         "disagreement", description="label-only data: 1 - agreement rate, or 1 - Cohen's kappa"
@@ -66,7 +67,7 @@ class AnalyzeConfig(Strict):
     tsne: bool = True
     umap: bool = Field(True, description="UMAP projections (the first `import umap` takes about 25 s)")
     figures: bool = True
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED)
 
     @field_validator("metric")
     @classmethod

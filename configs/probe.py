@@ -12,6 +12,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from configs.base import Strict
+from configs.inputs import MAX_SEED
 
 EncoderName = Literal["raw", "random", "supervised", "simclr", "simclr_finetuned"]
 TargetName = Literal["gold", "consensus", "annotator", "shuffled"]
@@ -87,7 +88,7 @@ class ProbeConfig(Strict):
     fine-tuned with the annotator head under the `train:` settings.
     """
 
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     encoders: list[EncoderName] = Field(["raw", "random", "supervised", "simclr"], min_length=1)
     targets: list[TargetName] = Field(
         ["gold", "consensus", "annotator", "shuffled"], min_length=1,

@@ -1,7 +1,9 @@
 """Typed pipeline configs: one YAML file per dataset, validated here; unknown keys are errors.
 
 Relative paths in a config are resolved against the folder of the config file, so
-`configs/bluebirds.yaml` names the shared sets as `../../shared/datasets/...`.
+`configs/bluebirds.yaml` names the shared sets as `../../shared/datasets/...`. A config is read by
+`configs.inputs` (a regular UTF-8 file of at most `MAX_CONFIG_BYTES`; YAML 1.2 core types; no
+aliases, no duplicate keys, at most `MAX_DEPTH` levels).
 """
 
 from __future__ import annotations
@@ -10,11 +12,19 @@ import re
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import Field, SerializeAsAny, ValidationError, ValidationInfo, field_validator
 
 from configs.analyze import AnalyzeConfig, PredictConfig
 from configs.base import CodecConfig, Strict
+from configs.inputs import (
+    MAX_ANNOTATORS,
+    MAX_CHUNK_FRAMES,
+    MAX_CONFIG_BYTES,
+    check_classes,
+    check_count,
+    class_key,
+    load_yaml,
+)
 from configs.probe import ProbeConfig
 from configs.sources import (
     READERS,
@@ -34,7 +44,8 @@ __all__ = [  # the source models live in configs.sources; importable from here t
     "TableSource", "TracksSource", "config_for_batch", "load_config",
 ]
 
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+"""A dataset name, matched whole (`fullmatch`: a trailing newline is refused too)."""
 
 
 class StoreConfig(Strict):
@@ -47,7 +58,7 @@ class StoreConfig(Strict):
     object storage.
     """
 
-    chunk_frames: int = Field(65536, gt=0, description="frames per chunk along the frame axis")
+    chunk_frames: int = Field(65536, gt=0, le=MAX_CHUNK_FRAMES, description="frames per chunk along the frame axis")
     codec: CodecConfig = CodecConfig()
     uri_prefix: str | None = Field(
         None, description="where the stores live (fsspec URL or absolute folder); None: under the root"
@@ -83,12 +94,49 @@ class PipelineConfig(Strict):
     @field_validator("name")
     @classmethod
     def _safe_name(cls, name: str) -> str:
-        if not NAME_PATTERN.match(name) or ".." in name:
+        if not NAME_PATTERN.fullmatch(name) or ".." in name:
             raise ValueError(
                 "dataset name must be letters, digits, '_', '-' or '.', must not start with "
                 "'.' or contain '..' (it names a folder under the root)"
             )
         return name
+
+    @field_validator("classes", mode="before")
+    @classmethod
+    def _distinct_classes(cls, classes: Any) -> Any:
+        """Classes are distinct after `class_key` (`[0, 1, 1.0]` is refused, not merged), never both
+        `true` and `1`, at most `MAX_CLASSES`; each is a single value."""
+        if not isinstance(classes, list):
+            return classes
+        keys: dict[str, Any] = {}
+        for value in classes:
+            try:
+                key = class_key(value)
+            except ValueError as err:
+                raise ValueError(f"{value!r} is not a class value (text, a number or true/false)") from err
+            if key in keys:
+                raise ValueError(f"{keys[key]!r} and {value!r} are the same class {key!r} (given twice)")
+            keys[key] = value
+        try:
+            check_classes(keys, "config", "classes")
+        except InputError as err:
+            raise ValueError(err.problem) from err
+        return classes
+
+    @field_validator("annotators", mode="before")
+    @classmethod
+    def _distinct_annotators(cls, annotators: Any) -> Any:
+        if isinstance(annotators, list):
+            try:
+                check_count("config", "annotators", len(annotators), MAX_ANNOTATORS, "annotators")
+            except InputError as err:
+                raise ValueError(err.problem) from err
+            seen: set[str] = set()
+            for name in annotators:
+                if isinstance(name, str) and name.strip() in seen:
+                    raise ValueError(f"annotator {name!r} given twice")
+                seen.add(name.strip() if isinstance(name, str) else name)
+        return annotators
 
     @field_validator("source", mode="plain")
     @classmethod
@@ -116,12 +164,7 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Pi
     `overrides` are merged into the top level (nested dicts merge), for tests and the CLI.
     """
     path = Path(path)
-    if not path.is_file():
-        raise InputError(path, None, str(path), "config file not found")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise InputError(path, None, str(err).splitlines()[0], "not valid YAML") from err
+    data = load_yaml(path, "config", typed=True, limit=MAX_CONFIG_BYTES)
     if not isinstance(data, dict):
         raise InputError(path, None, type(data).__name__, "config must be a YAML mapping")
     if overrides:
@@ -162,7 +205,7 @@ def config_for_batch(config: PipelineConfig, batch: str | Path) -> PipelineConfi
     if not path.exists():
         raise InputError(path, "batch", str(batch), "batch file not found")
     if path.suffix in (".yaml", ".yml") and path.is_file():
-        data = yaml.safe_load(path.read_text())
+        data = load_yaml(path, "batch", typed=True, limit=MAX_CONFIG_BYTES)
         if isinstance(data, dict) and isinstance(data.get("source"), dict) and "kind" in data["source"]:
             extra = set(data) - {"source"}
             if extra:

@@ -13,15 +13,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BeforeValidator, Field
+from pydantic import AfterValidator, BeforeValidator, Field, model_validator
 
 from configs.base import Strict, resolve_path
+from configs.inputs import MAX_FRAMES, MAX_SEED, MAX_SEQUENCE_FRAMES
 from configs.registry import Entry, Registry
 
 
 def _exists(path: Path) -> Path:
     if not path.exists():
         raise ValueError(f"file not found: {path}")
+    if not (path.is_file() or path.is_dir()):  # a FIFO or a device would block or never end
+        raise ValueError(f"not a regular file or folder (a FIFO, device or socket): {path}; only regular files are read")
     return path.resolve()
 
 
@@ -82,16 +85,35 @@ class MappingSource(SourceConfig):
     gold: InputPath | None = None
 
 
+DEMO_SIZES: dict[str, tuple[int, int, int, int]] = {
+    "demo": (48, 1000, 8, 3),
+    "large": (1000, 10_000, 6, 3),
+}
+"""The demo's defaults by `size`: (n_sequences, sequence_length, n_annotators, n_groups)."""
+
+
 class DemoSource(SourceConfig):
-    """The built-in generator of behaviour-like sequences and simulated annotators."""
+    """The built-in generator of behaviour-like sequences and simulated annotators.
+
+    Its frames (n_sequences x sequence_length, after the size's defaults) are held to the
+    input limits of `configs.inputs`, before anything is generated.
+    """
 
     kind: Literal["demo"]
     size: Literal["demo", "large"] = "demo"
-    seed: int = 0
-    n_sequences: int | None = Field(None, gt=0)
-    sequence_length: int | None = Field(None, ge=50)
+    seed: int = Field(0, ge=0, le=MAX_SEED)
+    n_sequences: int | None = Field(None, gt=0, le=MAX_FRAMES // 50)
+    sequence_length: int | None = Field(None, ge=50, le=MAX_SEQUENCE_FRAMES)
     n_annotators: int | None = Field(None, ge=6, le=12)
     n_groups: int | None = Field(None, ge=2, le=3)
+
+    @model_validator(mode="after")
+    def _frames(self) -> DemoSource:
+        n_seq, length, _, _ = DEMO_SIZES[self.size]
+        frames = (self.n_sequences or n_seq) * (self.sequence_length or length)
+        if frames > MAX_FRAMES:
+            raise ValueError(f"n_sequences x sequence_length = {frames:,} frames; the limit is {MAX_FRAMES:,}")
+        return self
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from pydantic import AfterValidator, BeforeValidator, Field, create_model, model
 
 from configs.base import Strict, resolve_path
 from configs.heads import HEADS
+from configs.inputs import MAX_SEED
 
 
 def _is_file(path: Path) -> Path:
@@ -125,7 +126,7 @@ class SplitConfig(Strict):
 class TrainConfig(Strict):
     """How the encoder and the annotator heads are trained."""
 
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     mixed_precision: bool = Field(True, description="bfloat16 autocast on CUDA (ignored on the CPU)")
     threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's)")

@@ -17,6 +17,13 @@ ProtocolCheck = Callable[[str], None]
 
 _protocol_check: ProtocolCheck | None = None
 
+NOT_PERSISTENT = frozenset({
+    "memory", "data", "http", "https", "github", "git", "reference", "zip", "tar", "libarchive", "jlab",
+    "simplecache", "filecache", "blockcache", "cached", "dir",
+})
+"""fsspec protocols a store cannot live under: in memory only (gone when the command exits),
+read-only (web, archives, git) or a cache or wrapper of another protocol (name that one)."""
+
 
 def set_protocol_check(check: ProtocolCheck) -> None:
     """Install the check of protocols (done by `storage.location` on import)."""
@@ -37,6 +44,10 @@ def check_prefix(prefix: str) -> str:
             raise ValueError("uri_prefix must be an absolute folder or an fsspec URL such as s3://bucket/prefix")
         return text.rstrip("/") or "/"
     parts = urlsplit(text)
+    if parts.scheme.lower() in NOT_PERSISTENT or "::" in text:
+        raise ValueError(f"uri_prefix {parts.scheme}:// is not a place a store can persist in (in memory, "
+                         "read-only, or a cache of another protocol); use an absolute folder or an object "
+                         "store such as s3://bucket/prefix")
     if parts.password:
         raise ValueError("uri_prefix must not carry credentials; they come from the environment "
                          "(AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, ... or fsspec's FSSPEC_* variables)")

@@ -34,6 +34,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
                              "that `deploy` made; workers run them (needs a Prefect server)"),
     "runs": ("flows.runs", "list recent pipeline runs from MLflow, or --diff two of them"),
     "ui": ("flows.ui", "start the MLflow UI on 127.0.0.1 for the root's tracking store (Ctrl-C stops it)"),
+    "verify": ("flows.verify", "check every chunk and metadata file of the dataset and prediction stores; "
+                               "list what is damaged (exit 2 when anything is)"),
 }
 NO_CONFIG = {"runs", "ui"}  # these read the root's tracking store, not a config
 

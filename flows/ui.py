@@ -1,4 +1,6 @@
-"""`annostyle ui`: the MLflow UI on 127.0.0.1 for a root's tracking store, until Ctrl-C."""
+"""`annostyle ui`: the MLflow UI on 127.0.0.1 for a root's tracking store, until Ctrl-C or SIGTERM.
+
+The server runs in a process group of its own; either signal stops that whole group."""
 
 from __future__ import annotations
 
@@ -9,10 +11,23 @@ import subprocess
 import sys
 import time
 import urllib.request
+from types import FrameType
 
 from errors import InputError
 from storage.layout import RootLayout
 from storage.results.runs import UiResult
+from storage.tracking import ensure_store
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+"""Signals that stop the UI as Ctrl-C does (SIGINT arrives as KeyboardInterrupt)."""
+
+
+class Stopped(Exception):
+    """A stop signal arrived: leave the wait and stop the server group."""
+
+
+def _raise_stopped(signum: int, frame: FrameType | None) -> None:
+    raise Stopped(signal.Signals(signum).name)
 
 
 def server_command(layout: RootLayout, port: int, host: str = "127.0.0.1") -> list[str]:
@@ -60,18 +75,30 @@ def cli_run(args: argparse.Namespace) -> UiResult:
     if not layout.mlflow_db.exists():
         raise InputError(str(root), None, layout.mlflow_db.name,
                          "no tracking store here yet: run `annostyle run CONFIG` first")
+    ensure_store(layout, layout.local_tracking_uri)  # a first run still making the schema finishes first
     url = f"http://127.0.0.1:{args.port}"
-    # its own session: Ctrl-C reaches only this process, which then stops the whole server group
-    process = subprocess.Popen(server_command(layout, args.port), env=server_env(), start_new_session=True,
-                               stdout=subprocess.DEVNULL)
+    previous = {signal.SIGINT: signal.getsignal(signal.SIGINT)}
+    previous.update({sig: signal.signal(sig, _raise_stopped) for sig in STOP_SIGNALS})
+    process: subprocess.Popen | None = None
+    code: int | None = None
     try:
+        # its own session: a signal reaches only this process, which then stops the whole server group
+        process = subprocess.Popen(server_command(layout, args.port), env=server_env(),
+                                   start_new_session=True, stdout=subprocess.DEVNULL)
         wait_ready(url, process)
-        print(f"MLflow UI for {root}: {url}  (Ctrl-C stops it)", flush=True)
+        print(f"MLflow UI for {root}: {url}  (Ctrl-C or SIGTERM stops it)", flush=True)
         process.wait()
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Stopped):
         pass
     finally:
-        code = stop(process)
+        for sig in previous:  # a second signal must not cut the stop short
+            signal.signal(sig, signal.SIG_IGN)
+        try:
+            if process is not None:
+                code = stop(process)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
     return UiResult(url=url, root=str(root), stopped=True, server_exit_code=code)
 
 

@@ -3,8 +3,9 @@
 A batch holds frames grouped in sequences (an item without a sequence is a one-frame
 sequence), a dense label matrix over the batch's own annotators (-1 = not labelled), and
 optionally features, gold labels and item names. Labels and gold are codes into the batch's
-own class list, whose entries are *class keys* (see `class_key`); the store maps them onto its
-class list.
+own class list, whose entries are *class keys* (`configs.inputs.class_key`, the one rule every
+reader follows); the store maps them onto its class list. `validate` also holds a batch to the
+input limits of `configs.inputs` (frames, frames per sequence, annotators, classes, features).
 """
 
 from __future__ import annotations
@@ -16,29 +17,21 @@ from typing import Any
 
 import numpy as np
 
+from configs.inputs import (
+    MAX_ANNOTATORS,
+    MAX_FEATURES_PER_FRAME,
+    MAX_FRAMES,
+    MAX_LABEL_CELLS,
+    MAX_SEQUENCE_FRAMES,
+    check_classes,
+    check_count,
+    class_key,
+)
 from errors import InputError
 
+__all__ = ["MISSING", "Batch", "class_key"]
+
 MISSING = -1
-
-
-def class_key(value: Any) -> str:
-    """Canonical text of a label value, so that YAML `true`, CSV `"True"` and 1.0 vs 1 agree.
-
-    >>> [class_key(v) for v in (True, "false", 2, 2.0, " N1 ")]
-    ['true', 'false', '2', '2', 'N1']
-    """
-    if isinstance(value, (bool, np.bool_)):
-        return "true" if value else "false"
-    if isinstance(value, (int, np.integer)):
-        return str(int(value))
-    if isinstance(value, (float, np.floating)):
-        if not np.isfinite(value):
-            raise ValueError(f"not a label: {value!r}")
-        return str(int(value)) if float(value).is_integer() else repr(float(value))
-    text = str(value).strip()
-    if text.lower() in ("true", "false"):
-        return text.lower()
-    return text
 
 
 @dataclass
@@ -85,6 +78,14 @@ class Batch:
         src = self.source
         lengths = np.asarray(self.sequence_lengths, dtype=np.int64)
         self.sequence_lengths = lengths
+        check_count(src, "frames", self.n_frames, MAX_FRAMES, "frames in one batch")
+        check_count(src, "annotator", len(self.annotators), MAX_ANNOTATORS, "annotators")
+        check_count(src, "labels", self.labels.size, MAX_LABEL_CELLS, "labels (frames x annotators)")
+        if len(lengths) and int(lengths.max()) > MAX_SEQUENCE_FRAMES:
+            bad = self.sequence_names[int(np.argmax(lengths))]
+            raise InputError(src, "sequence", bad,
+                             f"sequence has {int(lengths.max()):,} frames; the limit is {MAX_SEQUENCE_FRAMES:,}")
+        check_classes(self.classes, src, "class")
         if self.labels.ndim != 2 or self.labels.shape[1] != len(self.annotators):
             raise InputError(src, "labels", self.labels.shape, "label matrix must be (frames, annotators)")
         if self.n_frames == 0 or (self.labels.size == 0 and self.gold is None):
@@ -112,6 +113,11 @@ class Batch:
             raise InputError(self.sources.get("gold", src), "gold", self.gold.shape, "need one gold value per frame")
         if self.features is not None:
             fsrc = self.sources.get("features", src)
+            width = int(np.prod(self.features.shape[1:], dtype=np.int64))
+            if self.features.ndim < 1 or width == 0:
+                raise InputError(fsrc, "features", list(self.features.shape),
+                                 "need at least one feature value per frame (zero-width features)")
+            check_count(fsrc, "features", width, MAX_FEATURES_PER_FRAME, "feature values per frame")
             if self.features.shape[0] != self.n_frames:
                 raise InputError(fsrc, "features", self.features.shape[0], f"feature rows do not match the {self.n_frames} items")
             finite = np.isfinite(self.features)

@@ -9,7 +9,8 @@ Layout (every array chunked along frames, Blosc-compressed):
     sequence_names  (n_sequences,) str
     item_names      (n_frames,) str              only for item data
     history/<k>/    prior values of the rows batch k changed (frames, labels, gold)
-    zarr.json       group attributes: the manifest (the commit) and a pending marker
+    zarr.json       group attributes: the manifest (the commit), a pending marker, the digests
+                    of each array's metadata, and a digest of all of these
 
 The manifest lists every committed batch with its content hash, time, counts and frame
 range; writing it (one atomic write of the group's zarr.json) is the commit. A version id is
@@ -20,6 +21,16 @@ is being written; every read is cut to the committed counts.
 Rows that a batch changes in place (new labels on existing frames) are saved to
 `history/<k>` before they are touched. That copy serves two purposes: a crashed append is
 rolled back from it, and an older version is read by laying it over the current rows.
+
+How damage is detected (`storage/integrity.py`): every chunk of every array ends with a CRC32C
+and every chunk is written, and the store is read through a store wrapper that checks each
+chunk it reads, so a flipped, truncated or deleted chunk is `errors.DamagedStore` naming the
+chunk file. The group attributes carry a digest of themselves and of every array's zarr.json
+(its shape along the growing axes is checked against the manifest's counts instead), so an
+edited manifest, count, name, version id or codec chain is an error on open. A store written
+before checksums (format version 1) is refused with a message saying to re-ingest it.
+Creation is atomic: a local store is built in a temporary sibling folder and renamed into
+place; on object storage it is one PUT of the group's zarr.json.
 """
 
 from __future__ import annotations
@@ -28,7 +39,10 @@ import fcntl
 import hashlib
 import logging
 import os
+import shutil
 import time
+import uuid
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -42,14 +56,26 @@ from zarr.codecs import BloscCodec
 
 from configs.base import CodecConfig
 from configs.schema import StoreConfig
-from errors import InputError
+from errors import DamagedStore, InputError
 from storage.batch import MISSING, Batch
+from storage.integrity import (
+    array_metadata_digest,
+    check_seal,
+    checked_node,
+    compressors,
+    damaged_from,
+    lenient,
+    open_checked_group,
+    seal,
+    verify_array,
+)
 from storage.location import is_local, local_path
+from storage.results.verify import StoreReport
 
 log = logging.getLogger(__name__)
 
 FORMAT = "annostyle.dataset"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: chunk checksums and digests (version 1 stores are refused: re-ingest)
 EMPTY_VERSION = "0" * 16
 ANNOTATOR_CHUNK = 256
 WRITE_SLAB_FRAMES = 1 << 22  # frames per write call: large calls let Zarr encode many chunks at once
@@ -60,25 +86,37 @@ def chain_version(previous: str, batch_hash: str) -> str:
     return hashlib.sha256(f"{previous}:{batch_hash}".encode()).hexdigest()[:16]
 
 
+ARRAYS = ("features", "labels", "gold", "offsets", "sequence_names", "item_names")
+HISTORY_ARRAYS = ("frames", "labels", "gold")
+
+
 def _array(group: zarr.Group, name: str) -> zarr.Array:
     """`group[name]`, which the store's layout makes an array (anything else is a damaged store)."""
-    node = group[name]
-    if not isinstance(node, zarr.Array):
-        raise InputError(str(group.store_path), name, type(node).__name__, "not an array: a damaged dataset store")
-    return node
-
-
-def _group(group: zarr.Group, name: str) -> zarr.Group:
-    """`group[name]`, which the store's layout makes a group (anything else is a damaged store)."""
-    node = group[name]
-    if not isinstance(node, zarr.Group):
-        raise InputError(str(group.store_path), name, type(node).__name__, "not a group: a damaged dataset store")
+    node: zarr.Array = checked_node(group, name, "array")
     return node
 
 
 def blosc(codec: CodecConfig) -> BloscCodec:
     """The Zarr 3 Blosc codec a config asks for."""
     return BloscCodec(cname=codec.cname, clevel=codec.clevel, shuffle=codec.shuffle)
+
+
+def _fixed_axes(name: str) -> slice:
+    """The axes of an array's shape that never change (labels grow along frames and annotators;
+    a history array never changes)."""
+    if name.startswith("history/"):
+        return slice(0, None)
+    return slice(2, None) if name == "labels" else slice(1, None)
+
+
+def _array_digests(group: zarr.Group, names: list[str]) -> dict[str, str]:
+    """The metadata digest of each named array that the group holds."""
+    return {name: array_metadata_digest(_array(group, name), _fixed_axes(name))
+            for name in names if name in group}
+
+
+def _creating_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{uuid.uuid4().hex}.creating")
 
 
 @dataclass(frozen=True)
@@ -110,11 +148,11 @@ class DatasetStore:
     def __init__(self, group: zarr.Group, uri: str, version: str | None = None) -> None:
         self.group = group
         self.uri = uri
-        attrs: dict[str, Any] = dict(group.attrs)  # JSON boundary: the group's zarr.json attributes
-        if attrs.get("format") != FORMAT:
-            raise InputError(uri, "format", attrs.get("format"), "not an annostyle dataset store")
-        self.manifest: dict[str, Any] = attrs["manifest"]  # JSON boundary: the manifest (module docstring)
-        self.pending: dict[str, Any] | None = attrs.get("pending")  # JSON boundary: the pending marker
+        self.manifest: dict[str, Any] = {}  # JSON boundary: the manifest (module docstring)
+        self.pending: dict[str, Any] | None = None  # JSON boundary: the pending marker
+        self.digests: dict[str, str] = {}  # array path -> metadata digest (committed arrays)
+        self._checked: dict[str, zarr.Array] = {}  # arrays whose metadata passed its check, this open
+        self._load_attrs()
         self._offsets: tuple[str, np.ndarray] | None = None  # (version, offsets)
         batches = self.manifest["batches"]
         if version is None:
@@ -126,6 +164,64 @@ class DatasetStore:
                 raise InputError(uri, "version", version, f"no such version; known versions: {known}")
             self.batch_count = found[0] + 1
 
+    def _load_attrs(self) -> None:
+        """Read and check the group attributes (format, digest) into manifest, pending and digests."""
+        uri = self.uri
+        attrs: dict[str, Any] = dict(self.group.attrs)  # JSON boundary: the group's zarr.json attributes
+        if attrs.get("format") != FORMAT:
+            raise InputError(uri, "format", attrs.get("format"), "not an annostyle dataset store")
+        if attrs.get("format_version") != FORMAT_VERSION:
+            raise InputError(uri, "format_version", attrs.get("format_version"),
+                             f"a store written before chunk checksums (this version reads format "
+                             f"{FORMAT_VERSION}): delete {uri} and run `annostyle ingest` again")
+        check_seal(attrs, f"{uri.rstrip('/')}/zarr.json")
+        self.manifest, self.pending, self.digests = attrs["manifest"], attrs.get("pending"), attrs["arrays"]
+        self._checked = {}
+
+    def _put_attrs(self, manifest: dict[str, Any], digests: dict[str, str],
+                   pending: dict[str, Any] | None = None) -> None:  # JSON boundary: group attributes
+        """Write the sealed group attributes (one atomic write of the group's zarr.json)."""
+        attrs: dict[str, Any] = {"format": FORMAT, "format_version": FORMAT_VERSION, "manifest": manifest,
+                                 "arrays": digests}
+        if pending is not None:
+            attrs["pending"] = pending
+        self.group.attrs.put(seal(attrs))
+        self.manifest, self.pending, self.digests = manifest, pending, digests
+        self._checked = {}
+
+    def _new_digests(self, names: list[str]) -> dict[str, str]:
+        """The digests so far, plus those of the named arrays that are new (a committed array's
+        metadata never changes apart from its growing axes, so its digest is kept, not recomputed)."""
+        return {**self.digests, **_array_digests(self.group, [n for n in names if n not in self.digests])}
+
+    def _array(self, name: str) -> zarr.Array:
+        """A committed array, its metadata checked against the digests and its shape against the counts."""
+        cached = self._checked.get(name)
+        if cached is not None:
+            return cached
+        array = _array(self.group, name)
+        file = f"{self.uri.rstrip('/')}/{name}/zarr.json"
+        want = self.digests.get(name)
+        if want is None:
+            if not self.pending:
+                raise DamagedStore(file, name, "not in the manifest",
+                                   "an array the store's digests do not list")
+        elif array_metadata_digest(array, _fixed_axes(name)) != want:
+            raise DamagedStore(file, name, "metadata digest",
+                               "the array's zarr.json does not match its digest (edited or damaged)")
+        latest = self.manifest["batches"][-1]["totals"] if self.manifest["batches"] else None
+        if latest is not None and not name.startswith("history/"):
+            committed = {"labels": (latest["n_frames"], latest["n_annotators"]),
+                         "offsets": (latest["n_sequences"] + 1,),
+                         "sequence_names": (latest["n_sequences"],)}.get(name, (latest["n_frames"],))
+            have = tuple(array.shape[: len(committed)])
+            short = any(h < c for h, c in zip(have, committed, strict=True))
+            if short or (not self.pending and have != committed):
+                raise DamagedStore(file, name, list(array.shape),
+                                   f"the array's shape does not match the manifest's counts {list(committed)}")
+        self._checked[name] = array
+        return array
+
     # ----------------------------------------------------------------- opening
     @classmethod
     def create(
@@ -135,9 +231,14 @@ class DatasetStore:
         classes: list[str] | None = None,
         class_names: list[str] | None = None,
     ) -> DatasetStore:
-        """Create an empty store; `classes` fixes the first classes and their order."""
+        """Create an empty store; `classes` fixes the first classes and their order.
+
+        Atomic: a local store is written in a temporary sibling folder and renamed into place (a
+        crash leaves only that hidden folder, which nothing reads); on object storage the group's
+        zarr.json, attributes included, is one PUT. When another process created the store first,
+        this opens theirs.
+        """
         uri = str(uri)
-        group = zarr.open_group(uri, mode="w-", zarr_format=3)
         manifest: dict[str, Any] = {  # JSON boundary: the manifest
             "classes": list(classes or []),
             "class_names": list(class_names or classes or []),
@@ -145,26 +246,74 @@ class DatasetStore:
             "store": config.model_dump(),
             "batches": [],
         }
-        group.attrs.put({"format": FORMAT, "format_version": FORMAT_VERSION, "manifest": manifest})
-        return cls(group, uri)
+        attrs = seal({"format": FORMAT, "format_version": FORMAT_VERSION, "manifest": manifest, "arrays": {}})
+        if not is_local(uri):
+            return cls(open_checked_group(uri, mode="w-", attributes=attrs), uri)
+        target = local_path(uri)
+        tmp = _creating_name(target)
+        try:
+            open_checked_group(str(tmp), mode="w-", attributes=attrs)
+            _publish(tmp, target)
+        except OSError:
+            if not cls.exists(uri):
+                raise
+            log.info("store %s was created by another process meanwhile: opening it", uri)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return cls.open(uri, mode="r+")
 
     @classmethod
     def open(cls, uri: str | Path, version: str | None = None, mode: Literal["r", "r+"] = "r") -> DatasetStore:
         """Open at the latest committed version, or at a named one."""
         uri = str(uri)
         try:
-            group = zarr.open_group(uri, mode=mode, zarr_format=3)
+            group = open_checked_group(uri, mode=mode)
         except FileNotFoundError as err:
+            if _holds_files(uri):
+                raise DamagedStore(f"{uri.rstrip('/')}/zarr.json", "manifest", "missing",
+                                   "the store's zarr.json is missing: a damaged dataset store "
+                                   "(restore it, or delete the folder and ingest again)") from err
             raise InputError(uri, None, uri, "no dataset store here (run `annostyle ingest` first)") from err
         return cls(group, uri, version)
 
     @classmethod
     def exists(cls, uri: str | Path) -> bool:
+        """True when the group's zarr.json is there (whether it is intact is `open`'s check)."""
+        uri = str(uri)
+        if is_local(uri):
+            return (local_path(uri) / "zarr.json").is_file()
+        from fsspec.core import url_to_fs
+
+        fs, path = url_to_fs(uri)
+        return bool(fs.exists(f"{path.rstrip('/')}/zarr.json"))
+
+    @classmethod
+    def verify(cls, uri: str | Path) -> StoreReport:
+        """Check every file of the store (manifest digest, each array's zarr.json, every chunk's
+        existence and CRC32C) and report what is damaged; never raises for damage."""
+        uri = str(uri)
+        report = StoreReport(kind="dataset", uri=uri, exists=cls.exists(uri) or _holds_files(uri))
+        if not report.exists:
+            return report
         try:
-            zarr.open_group(str(uri), mode="r", zarr_format=3)
-        except FileNotFoundError:
-            return False
-        return True
+            store = cls.open(uri)
+        except DamagedStore as err:  # the manifest cannot be trusted: check the chunks of what is there
+            report.damaged.append(damaged_from(err))
+            try:
+                group = open_checked_group(uri)
+            except (DamagedStore, FileNotFoundError):
+                return report
+            with warnings.catch_warnings():  # the writer's lock file is no Zarr node
+                warnings.simplefilter("ignore")
+                names = [n for n, node in group.members(max_depth=None) if isinstance(node, zarr.Array)]
+            report.arrays = [verify_array(_array(group, n)) for n in sorted(names)]
+            return report
+        for name in sorted(store.digests):
+            try:
+                report.arrays.append(verify_array(store._array(name)))
+            except DamagedStore as err:
+                report.damaged.append(damaged_from(err))
+        return report
 
     # ------------------------------------------------------------- properties
     @property
@@ -206,12 +355,12 @@ class DatasetStore:
 
     @property
     def has_features(self) -> bool:
-        return "features" in self.group
+        return "features" in self.digests
 
     @property
     def features(self) -> zarr.Array:
-        """The features array (may be longer than `n_frames` while a batch is written)."""
-        return _array(self.group, "features")
+        """The features array (may be longer than `n_frames` while a batch is written); reads are checked."""
+        return self._array("features")
 
     @property
     def offsets(self) -> np.ndarray:
@@ -220,7 +369,7 @@ class DatasetStore:
             return np.zeros(1, dtype=np.int64)
         cached = self._offsets
         if cached is None or cached[0] != self.version:
-            offsets = np.asarray(_array(self.group, "offsets")[: self.n_sequences + 1])
+            offsets = np.asarray(self._array("offsets")[: self.n_sequences + 1])
             offsets.flags.writeable = False
             cached = self._offsets = (self.version, offsets)
         return cached[1]
@@ -229,13 +378,13 @@ class DatasetStore:
     def sequence_names(self) -> np.ndarray:
         if not self.batch_count:
             return np.array([], dtype=str)
-        return np.asarray(_array(self.group, "sequence_names")[: self.n_sequences])
+        return np.asarray(self._array("sequence_names")[: self.n_sequences])
 
     @property
     def item_names(self) -> np.ndarray | None:
-        if "item_names" not in self.group:
+        if "item_names" not in self.digests:
             return None
-        return np.asarray(_array(self.group, "item_names")[: self.n_frames])
+        return np.asarray(self._array("item_names")[: self.n_frames])
 
     @property
     def meta(self) -> dict[str, Any]:  # JSON boundary: the batches' manifest metadata
@@ -248,14 +397,14 @@ class DatasetStore:
     def read_labels(self, start: int = 0, stop: int | None = None) -> np.ndarray:
         """Labels of frames [start, stop) at this version, (frames, n_annotators) int16."""
         stop = self.n_frames if stop is None else min(stop, self.n_frames)
-        rows = np.asarray(_array(self.group, "labels")[start:stop, : self.n_annotators]) if self.batch_count \
+        rows = np.asarray(self._array("labels")[start:stop, : self.n_annotators]) if self.batch_count \
             else np.zeros((0, 0), np.int16)
         return self._overlay("labels", rows, start, stop)
 
     def read_gold(self, start: int = 0, stop: int | None = None) -> np.ndarray:
         """Gold labels of frames [start, stop) at this version, -1 = unknown."""
         stop = self.n_frames if stop is None else min(stop, self.n_frames)
-        rows = np.asarray(_array(self.group, "gold")[start:stop]) if self.batch_count else np.zeros(0, np.int16)
+        rows = np.asarray(self._array("gold")[start:stop]) if self.batch_count else np.zeros(0, np.int16)
         return self._overlay("gold", rows, start, stop)
 
     def _overlays(self) -> list[int]:
@@ -271,12 +420,11 @@ class DatasetStore:
             return rows
         rows = np.array(rows, copy=True)
         for index in overlays:
-            hist = _group(self.group, f"history/{index}")
-            frames = np.asarray(_array(hist, "frames")[:])
+            frames = np.asarray(self._array(f"history/{index}/frames")[:])
             inside = (frames >= start) & (frames < stop)
             if not inside.any():
                 continue
-            prior = np.asarray(_array(hist, name)[:])[inside]
+            prior = np.asarray(self._array(f"history/{index}/{name}")[:])[inside]
             if name == "labels":
                 width = min(prior.shape[1], rows.shape[1])
                 rows[frames[inside] - start, :] = MISSING
@@ -356,9 +504,8 @@ class DatasetStore:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
     def _reload(self) -> None:
-        self.group = zarr.open_group(self.uri, mode="r+", zarr_format=3)
-        attrs: dict[str, Any] = dict(self.group.attrs)  # JSON boundary: the group's zarr.json attributes
-        self.manifest, self.pending = attrs["manifest"], attrs.get("pending")
+        self.group = open_checked_group(self.uri, mode="r+")
+        self._load_attrs()
         self.batch_count = len(self.manifest["batches"])
 
     def recover(self) -> bool:
@@ -369,26 +516,31 @@ class DatasetStore:
         log.warning("rolling back the interrupted append of batch %d (store %s)", index, self.uri)
         t = self.totals
         has_arrays = "labels" in self.group  # the first batch may have died before creating them
-        if self.pending.get("history"):
-            labels, gold = _array(self.group, "labels"), _array(self.group, "gold")
-            hist = _group(self.group, f"history/{index}")
-            frames = np.asarray(_array(hist, "frames")[:])
-            prior = np.asarray(_array(hist, "labels")[:])
-            rows = np.full((len(frames), labels.shape[1]), MISSING, np.int16)
-            rows[:, : prior.shape[1]] = prior
-            labels.set_orthogonal_selection((frames, slice(None)), rows)
-            gold.set_orthogonal_selection((frames,), np.asarray(_array(hist, "gold")[:]))
-        if has_arrays and _array(self.group, "labels").shape[0] > t["n_frames"]:
-            # partial chunks keep their bytes when an array shrinks: blank them first
-            _array(self.group, "labels")[t["n_frames"]:] = MISSING
-            _array(self.group, "gold")[t["n_frames"]:] = MISSING
-        for name, shape in self._committed_shapes().items():
-            if name in self.group and _array(self.group, name).shape != shape:
-                _array(self.group, name).resize(shape)
-        if f"history/{index}" in self.group:
-            del self.group[f"history/{index}"]
-        self.group.attrs.put({"format": FORMAT, "format_version": FORMAT_VERSION, "manifest": self.manifest})
-        self.pending = None
+        g = self.group
+        with lenient(g):  # the interrupted batch may have grown arrays it never wrote
+            if self.pending.get("history"):
+                labels, gold = _array(g, "labels"), _array(g, "gold")
+                frames = np.asarray(self._array(f"history/{index}/frames")[:])
+                prior = np.asarray(self._array(f"history/{index}/labels")[:])
+                rows = np.full((len(frames), labels.shape[1]), MISSING, np.int16)
+                rows[:, : prior.shape[1]] = prior
+                labels.set_orthogonal_selection((frames, slice(None)), rows)
+                gold.set_orthogonal_selection((frames,), np.asarray(self._array(f"history/{index}/gold")[:]))
+            if has_arrays and _array(g, "labels").shape[0] > t["n_frames"]:
+                # partial chunks keep their bytes when an array shrinks: blank them first
+                _array(g, "labels")[t["n_frames"]:] = MISSING
+                _array(g, "gold")[t["n_frames"]:] = MISSING
+            for name, shape in self._committed_shapes().items():
+                if name in g and _array(g, name).shape != shape:
+                    _array(g, name).resize(shape)
+        if f"history/{index}" in g:
+            del g[f"history/{index}"]
+        if not self.batches:  # a first batch died: its arrays go, the next batch creates them afresh
+            for name in ARRAYS:
+                if name in g:
+                    del g[name]
+        digests = {k: v for k, v in self.digests.items() if not k.startswith(f"history/{index}/")}
+        self._put_attrs(self.manifest, digests)
         return True
 
     def _committed_shapes(self) -> dict[str, tuple[int, ...]]:
@@ -401,7 +553,7 @@ class DatasetStore:
             "item_names": (t["n_frames"],),
         }
         if "features" in self.group:
-            shapes["features"] = (t["n_frames"], *self.features.shape[1:])
+            shapes["features"] = (t["n_frames"], *_array(self.group, "features").shape[1:])
         return shapes
 
     def _stored_bytes(self) -> int:
@@ -420,27 +572,39 @@ class DatasetStore:
         class_names = list(manifest["class_names"])
         class_map = np.empty(len(batch.classes) + 1, np.int16)
         class_map[-1] = MISSING  # code -1 indexes the last slot
+        class_index = {key: i for i, key in enumerate(classes)}  # dicts: linear in classes and annotators
         for code, key in enumerate(batch.classes):
-            if key not in classes:
+            if key not in class_index:
+                class_index[key] = len(classes)
                 classes.append(key)
                 class_names.append(key)
-            class_map[code] = classes.index(key)
+            class_map[code] = class_index[key]
         annotators = list(manifest["annotators"])
-        new_annotators = [a for a in batch.annotators if a not in annotators]
-        annotators += new_annotators
-        columns = np.array([annotators.index(a) for a in batch.annotators], dtype=np.int64)
+        annotator_index = {a: i for i, a in enumerate(annotators)}
+        new_annotators = []
+        for a in batch.annotators:
+            if a not in annotator_index:
+                annotator_index[a] = len(annotators)
+                annotators.append(a)
+                new_annotators.append(a)
+        columns = np.array([annotator_index[a] for a in batch.annotators], dtype=np.int64)
 
         if self.batch_count and (batch.features is None) == self.has_features:
             want = "features" if self.has_features else "no features"
             raise InputError(batch.sources.get("features", src), "features", batch.features is not None,
                              f"the store holds {want}; every batch must match")
-        if self.batch_count and (batch.item_names is None) == ("item_names" in self.group):
+        if self.batch_count and (batch.item_names is None) == ("item_names" in self.digests):
             raise InputError(src, "item", batch.item_names is not None,
                              "item names must be given for every batch of an item dataset, or never")
         if self.has_features and batch.features is not None and \
                 batch.features.shape[1:] != self.features.shape[1:]:
             raise InputError(batch.sources.get("features", src), "features", batch.features.shape[1:],
                              f"feature shape differs from the store's {self.features.shape[1:]}")
+
+        if n_old_frames:  # the chunks a write will read and extend must be intact (reads are checked)
+            for name in ("labels", "gold", "features", "item_names"):
+                if name in self.digests:
+                    self._array(name)[n_old_frames - 1]
 
         # sequences the store holds already receive labels on their existing frames
         batch_starts = np.concatenate([[0], np.cumsum(batch.sequence_lengths)])
@@ -479,9 +643,9 @@ class DatasetStore:
         prior_gold: np.ndarray | None = None
         merged_gold: np.ndarray | None = None
         if len(touched):
-            prior_labels = np.asarray(_array(self.group, "labels").get_orthogonal_selection(
+            prior_labels = np.asarray(self._array("labels").get_orthogonal_selection(
                 (touched, slice(0, t["n_annotators"]))))
-            prior_gold = np.asarray(_array(self.group, "gold").get_orthogonal_selection((touched,)))
+            prior_gold = np.asarray(self._array("gold").get_orthogonal_selection((touched,)))
             width = len(annotators)
             merged_labels = np.full((len(touched), width), MISSING, np.int16)
             merged_labels[:, : t["n_annotators"]] = prior_labels
@@ -530,8 +694,14 @@ class DatasetStore:
 
     def _write(self, batch: Batch, plan: _Plan, batch_hash: str, progress: bool) -> None:
         g = self.group
+        with lenient(g):  # writes into newly grown regions read chunks that do not exist yet
+            self._write_arrays(batch, plan, batch_hash, progress)
+        self._checked = {}
+
+    def _write_arrays(self, batch: Batch, plan: _Plan, batch_hash: str, progress: bool) -> None:
+        g = self.group
         cfg = StoreConfig.model_validate(self.manifest["store"])
-        codec = blosc(cfg.codec)
+        codec = compressors(blosc(cfg.codec))
         chunk = cfg.chunk_frames
         t = self.totals
         n0, n1 = t["n_frames"], plan.totals["n_frames"]
@@ -545,9 +715,9 @@ class DatasetStore:
             for name, data in (("frames", plan.touched), ("labels", plan.prior_labels), ("gold", plan.prior_gold)):
                 hist.create_array(name, data=np.ascontiguousarray(data), compressors=codec)
         # 2. the pending marker: from here on a crash is rolled back from history
-        # JSON boundary: the group's zarr.json attributes
-        base: dict[str, Any] = {"format": FORMAT, "format_version": FORMAT_VERSION, "manifest": self.manifest}
-        g.attrs.put({**base, "pending": {"batch": plan.index, "hash": batch_hash, "history": has_history}})
+        pending = {"batch": plan.index, "hash": batch_hash, "history": has_history}
+        history = [f"history/{plan.index}/{a}" for a in HISTORY_ARRAYS] if has_history else []
+        self._put_attrs(self.manifest, self._new_digests(history), pending)
 
         # 3. arrays: create on the first batch, grow, write new frames, then changed rows
         if not t["n_frames"] and "labels" not in g:
@@ -556,6 +726,7 @@ class DatasetStore:
             g.create_array("gold", shape=(0,), dtype="int16", chunks=(chunk,), fill_value=MISSING,
                            compressors=codec, dimension_names=["frame"])
             g.create_array("offsets", shape=(1,), dtype="int64", chunks=(65536,), fill_value=0, compressors=codec)
+            _array(g, "offsets")[0:1] = 0  # every chunk is written
             g.create_array("sequence_names", shape=(0,), dtype=str, chunks=(65536,), compressors=codec)
             if batch.item_names is not None:
                 g.create_array("item_names", shape=(0,), dtype=str, chunks=(65536,), compressors=codec)
@@ -568,7 +739,11 @@ class DatasetStore:
         offsets, sequence_names = _array(g, "offsets"), _array(g, "sequence_names")
         item_names = _array(g, "item_names") if "item_names" in g else None
         features = _array(g, "features") if "features" in g else None
+        old_width = labels.shape[1]
         labels.resize((n1, width))
+        first_new_column = -(-old_width // ANNOTATOR_CHUNK) * ANNOTATOR_CHUNK
+        if n0 and width > first_new_column:  # chunks of new annotator columns over old frames
+            labels[:n0, first_new_column:width] = MISSING
         gold.resize((n1,))
         offsets.resize((s1 + 1,))
         sequence_names.resize((s1,))
@@ -620,8 +795,7 @@ class DatasetStore:
             **self.manifest, "classes": plan.classes, "class_names": plan.class_names,
             "annotators": plan.annotators, "batches": [*self.manifest["batches"], entry],
         }
-        g.attrs.put({**base, "manifest": manifest})
-        self.manifest, self.pending = manifest, None
+        self._put_attrs(manifest, self._new_digests(list(ARRAYS)))
         self.batch_count = len(manifest["batches"])
 
     @staticmethod
@@ -678,7 +852,50 @@ def open_or_create(uri: str, config: StoreConfig, classes: list[str] | None,
                    class_names: list[str] | None) -> DatasetStore:
     """Open the store for appending, creating it (empty, version 000...) when missing."""
     if DatasetStore.exists(uri):
-        return DatasetStore.open(uri, mode="r+")
+        if _half_created(uri):
+            log.warning("store %s was left half-created by an older version (empty group): creating it again", uri)
+            _remove_half_created(uri)
+        else:
+            return DatasetStore.open(uri, mode="r+")
+    elif _holds_files(uri):
+        DatasetStore.open(uri)  # raises: the files of a store whose zarr.json is gone
     if is_local(uri):
         os.makedirs(local_path(uri).parent, exist_ok=True)
     return DatasetStore.create(uri, config, classes, class_names)
+
+
+def _publish(tmp: Path, target: Path) -> None:
+    """Rename a freshly built store folder into place (an empty folder there is replaced)."""
+    os.rename(tmp, target)
+
+
+def _holds_files(uri: str) -> bool:
+    """True when something other than the writer's lock file is stored under `uri`."""
+    if is_local(uri):
+        path = local_path(uri)
+        return path.is_dir() and any(p.name != ".write.lock" for p in path.iterdir())
+    from fsspec.core import url_to_fs
+
+    fs, path = url_to_fs(uri)
+    return bool(fs.exists(path)) and bool(fs.find(path))
+
+
+def _half_created(uri: str) -> bool:
+    """A group zarr.json without attributes and nothing else: creation by a version before atomic
+    creation, killed between its two writes."""
+    try:
+        group = zarr.open_group(uri, mode="r", zarr_format=3)
+    except (FileNotFoundError, ValueError):
+        return False
+    return not dict(group.attrs) and not list(group.keys())
+
+
+def _remove_half_created(uri: str) -> None:
+    """Delete the lone zarr.json of a half-created store (the folder and its lock stay)."""
+    if is_local(uri):
+        (local_path(uri) / "zarr.json").unlink(missing_ok=True)
+        return
+    from fsspec.core import url_to_fs
+
+    fs, path = url_to_fs(uri)
+    fs.rm(f"{path.rstrip('/')}/zarr.json")

@@ -15,6 +15,7 @@
       prefect/                      PREFECT_HOME
       watch/<name>.json             the watcher's ledger
       mlflow.db, mlartifacts/       the MLflow tracking store and its artifacts
+      mlflow.db.lock                held while that store's schema is created
 """
 
 from __future__ import annotations
@@ -103,6 +104,11 @@ class RootLayout:
     @property
     def mlflow_db(self) -> Path:
         return self.root / "mlflow.db"
+
+    @property
+    def mlflow_lock(self) -> Path:
+        """Held while the tracking store's schema is created, so first runs never race."""
+        return self.root / "mlflow.db.lock"
 
     @property
     def mlflow_artifacts(self) -> Path:

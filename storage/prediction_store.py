@@ -32,6 +32,17 @@ is left. Rewriting frames drops the partial sums that cover them. A new dataset 
 model unchanged: `extend` (or `resume_or_create`, which extends when the same model made the
 store) adds a segment of unwritten frames, so only those are predicted and summed.
 
+How damage is detected (`storage.integrity`): every chunk of every array (partials included)
+ends with a CRC32C (Zarr 3's `crc32c` codec) and every chunk is written, so a read through the
+store (`open`) that meets an absent, truncated or altered chunk file raises
+`errors.DamagedStore` naming the store, the array and the file, never a fill value. The group
+attributes are sealed with a digest of themselves, and record a digest of each array's
+metadata (all but the growing frame axis), checked on open: an edited `n_frames`,
+`annotators`, `segments` or codec chain is an error. Each partial carries its own seal (an
+unsealed one is an interrupted write: not used, replaced). `verify` checks every file without
+decoding; `resume_or_create` marks chunks that fail their check as unwritten, so a resumed
+predict writes them again instead of calling them complete.
+
 Export: `export_npz` writes the MABe notebook's layout, per sequence and per annotator the
 bytes of `np.savez_compressed(logits)`, read back with `np.load(io.BytesIO(b))["arr_0"]`.
 """
@@ -41,9 +52,10 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import math
 import os
-from collections.abc import Mapping, MutableMapping, Sequence
+from collections.abc import Iterator, Mapping, MutableMapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -51,18 +63,25 @@ from urllib.parse import quote
 
 import numpy as np
 import zarr
+from zarr.core.buffer import default_buffer_prototype
+from zarr.core.sync import sync
 
 from configs.analyze import PredictConfig
-from errors import InputError
+from errors import DamagedStore, InputError
+from storage import integrity
 from storage.dataset_store import blosc
 from storage.files import atomic_write_bytes
 from storage.location import is_local, local_path
 from storage.results.predict import NpzExport
+from storage.results.verify import ArrayReport, DamagedFile, StoreReport
+
+log = logging.getLogger(__name__)
 
 FORMAT = "annostyle.predictions"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: chunk checksums, sealed attributes
 TARGET_CHUNK_BYTES = 8 << 20
 FRAME_ARRAYS = ("logits", "embeddings", "consensus")
+ARRAYS = (*FRAME_ARRAYS, "annotator_embeddings", "written")
 REQUIRED_ATTRS = ("dataset_store", "dataset_version", "model_run_id")
 
 
@@ -104,6 +123,10 @@ def subtract_ranges(ranges: Sequence[tuple[int, int]], minus: Sequence[tuple[int
 class PredictionStore:
     """A prediction store opened for reading (`mode="r"`) or writing (`"r+"`).
 
+    Opening checks the group attributes against their digest and each array's metadata
+    against the digest recorded at creation; every chunk read checks the chunk's CRC32C and
+    that it exists (`storage.integrity`), so damage is `errors.DamagedStore`, never data.
+
     >>> store = PredictionStore.create(uri, n_frames, annotators, classes, 64, 8,
     ...                                PredictConfig(), {"dataset_store": ..., "dataset_version": ...,
     ...                                                  "model_run_id": ...})  # doctest: +SKIP
@@ -115,8 +138,38 @@ class PredictionStore:
         self.group = group
         self.uri = uri
         self.attrs: dict[str, Any] = dict(group.attrs)  # JSON boundary: the group attributes (zarr.json)
+        if self.attrs.get("format") != FORMAT and integrity.DIGEST not in self.attrs:
+            raise InputError(uri, "format", self.attrs.get("format"), "not an annostyle prediction store")
+        if integrity.DIGEST not in self.attrs:
+            raise DamagedStore(self._file("zarr.json"), "manifest", None,
+                               "the attributes carry no digest (a store written before chunk checksums, or the "
+                               "digest was removed): run `annostyle predict` again to rewrite it")
+        integrity.check_seal(self.attrs, self._file("zarr.json"))
         if self.attrs.get("format") != FORMAT:
             raise InputError(uri, "format", self.attrs.get("format"), "not an annostyle prediction store")
+        self._arrays: dict[str, zarr.Array] = {}
+        self._load_arrays()
+
+    def _file(self, key: str) -> str:
+        return f"{self.uri.rstrip('/')}/{key}"
+
+    def _load_arrays(self) -> None:
+        """Open every array and check its metadata against the digest and the committed counts."""
+        recorded = self.attrs.get("arrays") or {}
+        arrays = {}
+        for name in ARRAYS:
+            array = integrity.checked_node(self.group, name, "array")
+            digest = integrity.array_metadata_digest(array, _fixed_axes(name))
+            if recorded.get(name) != digest:
+                raise DamagedStore(self._file(f"{name}/zarr.json"), name, digest,
+                                   "the array's metadata does not match the digest the store recorded")
+            arrays[name] = array
+        n_chunks = _n_chunks(self.n_frames, self.chunk_frames)
+        for name, length in (*((n, self.n_frames) for n in FRAME_ARRAYS), ("written", n_chunks)):
+            if arrays[name].shape[0] < length:
+                raise DamagedStore(self._file(f"{name}/zarr.json"), name, arrays[name].shape[0],
+                                   f"the array is shorter than the {length} entries the attributes commit")
+        self._arrays = arrays
 
     # ----------------------------------------------------------------- opening
     @classmethod
@@ -149,25 +202,32 @@ class PredictionStore:
         chunk = config.chunk_frames or auto_chunk_frames(n_ann, n_cls, config.dtype)
         if is_local(uri):
             os.makedirs(local_path(uri).parent, exist_ok=True)
-        group = zarr.open_group(uri, mode="w" if overwrite else "w-", zarr_format=3)
-        codec = blosc(config.codec)
-        group.create_array("logits", shape=(n_frames, n_ann, n_cls), dtype=config.dtype,
-                           chunks=(chunk, n_ann, n_cls), fill_value=0.0, compressors=codec,
-                           dimension_names=["frame", "annotator", "class"])
-        group.create_array("embeddings", shape=(n_frames, d_embedding), dtype=config.embedding_dtype,
-                           chunks=(chunk, d_embedding), fill_value=0.0, compressors=codec,
-                           dimension_names=["frame", "feature"])
-        group.create_array("consensus", shape=(n_frames, n_cls), dtype="float32",
-                           chunks=(chunk, n_cls), fill_value=0.0, compressors=codec,
-                           dimension_names=["frame", "class"])
-        group.create_array("annotator_embeddings", shape=(n_ann, d_annotator_embedding), dtype="float32",
-                           chunks=(n_ann, d_annotator_embedding), fill_value=0.0, compressors=codec,
-                           dimension_names=["annotator", "feature"])
-        group.create_array("written", shape=(_n_chunks(n_frames, chunk),), dtype="int64", chunks=(1,),
-                           fill_value=0, compressors=None)
+        group = integrity.open_checked_group(uri, mode="w" if overwrite else "w-")
+        codecs = integrity.compressors(blosc(config.codec))
+        made = {
+            "logits": group.create_array("logits", shape=(n_frames, n_ann, n_cls), dtype=config.dtype,
+                                         chunks=(chunk, n_ann, n_cls), fill_value=0.0, compressors=codecs,
+                                         dimension_names=["frame", "annotator", "class"]),
+            "embeddings": group.create_array("embeddings", shape=(n_frames, d_embedding),
+                                             dtype=config.embedding_dtype, chunks=(chunk, d_embedding),
+                                             fill_value=0.0, compressors=codecs,
+                                             dimension_names=["frame", "feature"]),
+            "consensus": group.create_array("consensus", shape=(n_frames, n_cls), dtype="float32",
+                                            chunks=(chunk, n_cls), fill_value=0.0, compressors=codecs,
+                                            dimension_names=["frame", "class"]),
+            "annotator_embeddings": group.create_array("annotator_embeddings", shape=(n_ann, d_annotator_embedding),
+                                                       dtype="float32", chunks=(n_ann, d_annotator_embedding),
+                                                       fill_value=0.0, compressors=codecs,
+                                                       dimension_names=["annotator", "feature"]),
+            "written": group.create_array("written", shape=(_n_chunks(n_frames, chunk),), dtype="int64",
+                                          chunks=(1,), fill_value=0, compressors=integrity.compressors(None)),
+        }
+        for name in ("written", "annotator_embeddings"):  # every chunk of these exists: an absent one is damage
+            made[name][:] = 0
         known = {*REQUIRED_ATTRS, "class_names", "offsets_source"}
         dataset_store, version = str(attrs["dataset_store"]), str(attrs["dataset_version"])
-        group.attrs.put({
+        digests = {name: integrity.array_metadata_digest(array, _fixed_axes(name)) for name, array in made.items()}
+        group.attrs.put(integrity.seal({
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
             "dataset_store": dataset_store,
@@ -183,25 +243,34 @@ class PredictionStore:
             "config": config.model_dump(mode="json"),
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
             "extra": {k: v for k, v in attrs.items() if k not in known},
-        })
+            "arrays": digests,
+        }))
         return cls(group, uri)
 
     @classmethod
     def open(cls, uri: str | Path, mode: Literal["r", "r+"] = "r") -> PredictionStore:
+        """Open a store, checking its attributes and array metadata (DamagedStore if they fail)."""
         uri = str(uri)
         try:
-            group = zarr.open_group(uri, mode=mode, zarr_format=3)
+            group = integrity.open_checked_group(uri, mode=mode)
         except FileNotFoundError as err:
+            lost = _lost_manifest(uri)
+            if lost is not None:
+                raise lost from err
             raise InputError(uri, None, uri, "no prediction store here (run `annostyle predict` first)") from err
         return cls(group, uri)
 
     @classmethod
     def exists(cls, uri: str | Path) -> bool:
+        """A prediction store is at `uri` (also a damaged one: opening it says what is wrong)."""
         try:
-            group = zarr.open_group(str(uri), mode="r", zarr_format=3)
+            group = integrity.open_checked_group(str(uri), mode="r")
         except FileNotFoundError:
             return False
-        return dict(group.attrs).get("format") == FORMAT
+        except DamagedStore:
+            return True
+        attrs = dict(group.attrs)  # JSON boundary: the group attributes
+        return attrs.get("format") == FORMAT or integrity.DIGEST in attrs
 
     @classmethod
     def resume_or_create(
@@ -219,50 +288,57 @@ class PredictionStore:
 
         Same model (`model_run_id`), annotators, classes and layout: resume it; if the dataset
         has grown since (a new batch, the model unchanged), first `extend` it by the new frames,
-        so only those are predicted and their distance sums added. Anything else: create it
-        afresh (overwriting).
+        so only those are predicted and their distance sums added. Chunks that fail their check
+        are marked unwritten (predicted again), never resumed as complete. A store whose
+        attributes or metadata fail their digest, or anything else: create it afresh
+        (overwriting; the predictions are derived data). Both are logged with the file.
         """
         if cls.exists(uri):
-            store = cls.open(uri, mode="r+")
-            chunk = config.chunk_frames or auto_chunk_frames(len(annotators), len(classes), config.dtype)
-            same = (
-                store.attrs["model_run_id"] == str(attrs["model_run_id"])
-                and store.dataset_store == str(attrs["dataset_store"])
-                and store.annotators == list(annotators)
-                and store.classes == list(classes)
-                and store.n_frames <= n_frames
-                and store.chunk_frames == chunk
-                and store.logits.dtype == np.dtype(config.dtype)
-                and store.embeddings.shape[1] == d_embedding
-                and store.annotator_embeddings_array.shape[1] == d_annotator_embedding
-            )
-            if same:
-                version = str(attrs["dataset_version"])
-                if n_frames > store.n_frames:
-                    store.extend(n_frames - store.n_frames, dataset_version=version)
-                elif store.dataset_version != version:
-                    store._set_dataset_version(version)  # new labels on the same frames
-                return store
+            try:
+                store: PredictionStore | None = cls.open(uri, mode="r+")
+            except DamagedStore as err:
+                log.warning("prediction store %s is damaged (%s): predicting it again", uri, err)
+                store = None
+            if store is not None:
+                chunk = config.chunk_frames or auto_chunk_frames(len(annotators), len(classes), config.dtype)
+                same = (
+                    store.attrs["model_run_id"] == str(attrs["model_run_id"])
+                    and store.dataset_store == str(attrs["dataset_store"])
+                    and store.annotators == list(annotators)
+                    and store.classes == list(classes)
+                    and store.n_frames <= n_frames
+                    and store.chunk_frames == chunk
+                    and store.logits.dtype == np.dtype(config.dtype)
+                    and store.embeddings.shape[1] == d_embedding
+                    and store.annotator_embeddings_array.shape[1] == d_annotator_embedding
+                )
+                if same:
+                    store.unmark_damaged_chunks()
+                    version = str(attrs["dataset_version"])
+                    if n_frames > store.n_frames:
+                        store.extend(n_frames - store.n_frames, dataset_version=version)
+                    elif store.dataset_version != version:
+                        store._set_dataset_version(version)  # new labels on the same frames
+                    return store
         return cls.create(uri, n_frames, annotators, classes, d_embedding, d_annotator_embedding,
                           config, attrs, overwrite=True)
 
+    def _commit(self, attrs: dict[str, Any]) -> None:  # JSON boundary: the group attributes
+        """Write the group attributes, sealed with their digest (one atomic write of zarr.json)."""
+        sealed = integrity.seal(attrs)
+        self.group.attrs.put(sealed)
+        self.attrs = sealed
+
     def _set_dataset_version(self, version: str) -> None:
-        attrs = _with_dataset_version(dict(self.group.attrs), version)
-        self.group.attrs.put(attrs)
-        self.attrs = attrs
+        self._commit(_with_dataset_version(dict(self.attrs), version))
 
     # ------------------------------------------------------------- nodes
     def _array(self, name: str) -> zarr.Array:
-        """`group[name]`, which the layout makes an array (anything else is a damaged store)."""
-        node = self.group[name]
-        if not isinstance(node, zarr.Array):
-            raise InputError(self.uri, name, type(node).__name__, "not an array: a damaged prediction store")
-        return node
+        """One of the store's arrays (opened and checked with the store)."""
+        return self._arrays[name]
 
     def _partials_group(self) -> zarr.Group:
-        node = self.group["partials"]
-        if not isinstance(node, zarr.Group):
-            raise InputError(self.uri, "partials", type(node).__name__, "not a group: a damaged prediction store")
+        node: zarr.Group = integrity.checked_node(self.group, "partials", "group")
         return node
 
     # ------------------------------------------------------------- properties
@@ -338,7 +414,63 @@ class PredictionStore:
 
     @property
     def complete(self) -> bool:
+        """Every frame is recorded as written (reads still check each chunk they touch)."""
         return not self.pending_chunks()
+
+    def _chunk_key(self, name: str, index: int) -> str:
+        """The store key of chunk `index` along frames of a frame array (or of `written`)."""
+        array = self._array(name)
+        coords = (index, *([0] * (array.ndim - 1)))
+        return f"{array.path}/{array.metadata.encode_chunk_key(coords)}"
+
+    def _raw_get(self, key: str) -> bytes | None:
+        """A store file's bytes, unchecked (None when absent)."""
+        store = self.group.store
+        raw = store._store if isinstance(store, integrity.CheckedStore) else store
+        buf = sync(raw.get(key, default_buffer_prototype()))
+        return None if buf is None else buf.to_bytes()
+
+    def _check_file(self, name: str, key: str) -> DamagedStore | None:
+        try:
+            integrity.check_chunk(self._raw_get(key), self._file(key), name)
+        except DamagedStore as err:
+            return err
+        return None
+
+    def _scan_chunks(self) -> Iterator[tuple[int, str, DamagedStore | None]]:
+        """(chunk index, array, its damage or None) for each entry of the resume record and each
+        frame array's chunk the record counts as written. Reads the files' bytes, decodes nothing
+        but the record."""
+        written = self._array("written")
+        for index in range(_n_chunks(self.n_frames, self.chunk_frames)):
+            record = self._check_file("written", self._chunk_key("written", index))
+            yield index, "written", record
+            if record is None and int(np.asarray(written[index: index + 1])[0]) > 0:
+                for name in FRAME_ARRAYS:
+                    yield index, name, self._check_file(name, self._chunk_key(name, index))
+
+    def damaged_chunks(self) -> dict[int, list[DamagedStore]]:
+        """Chunks along frames whose files fail their check, by chunk index: a chunk the record
+        counts as written whose logits, embeddings or consensus file is absent or fails its
+        CRC32C, or whose `written` entry itself does."""
+        out: dict[int, list[DamagedStore]] = {}
+        for index, _, err in self._scan_chunks():
+            if err is not None:
+                out.setdefault(index, []).append(err)
+        return out
+
+    def unmark_damaged_chunks(self) -> list[int]:
+        """Mark chunks that fail their check as unwritten, so a resume predicts them again; returns them."""
+        damaged = self.damaged_chunks()
+        if not damaged:
+            return []
+        for index, errors in damaged.items():
+            for err in errors:
+                log.warning("prediction store chunk %s (%s): %s; predicting chunk %d again",
+                            err.file, err.field, err.problem, index)
+            self._array("written")[index] = 0
+            self.drop_partials(*self.chunk_bounds(index))
+        return sorted(damaged)
 
     # ---------------------------------------------------------------- writing
     def write_chunk(self, start: int, logits: np.ndarray, embeddings: np.ndarray,
@@ -346,7 +478,8 @@ class PredictionStore:
         """Write frames [start, start + len(logits)) and record them as written.
 
         Fastest with whole chunks. A write may cover several chunks; within a chunk it must
-        start at the chunk's start or where the chunk's written frames end (no gaps).
+        start at the chunk's start or where the chunk's written frames end (no gaps). A chunk
+        with written frames must still have its files (DamagedStore otherwise).
         """
         n = len(logits)
         stop = start + n
@@ -373,10 +506,18 @@ class PredictionStore:
                 raise ValueError(
                     f"write at frame {start} leaves a gap in chunk {index}: its written frames end at "
                     f"{c0 + int(counts[i])}")
+            if counts[i] > 0:  # frames written there before: their files must be there to be merged
+                for name in FRAME_ARRAYS:
+                    key = self._chunk_key(name, index)
+                    if not sync(self.group.store.exists(key)):
+                        raise DamagedStore(self._file(key), name, "missing",
+                                           f"a chunk file is missing though {int(counts[i])} frames are recorded "
+                                           "as written there")
         self.drop_partials(start, stop)
-        self.logits[start:stop] = stored
-        self.embeddings[start:stop] = np.asarray(embeddings, dtype=self.embeddings.dtype)
-        self.consensus[start:stop] = np.asarray(consensus, dtype=np.float32)
+        with integrity.lenient(self.group):  # a chunk not written yet is absent; checksums still apply
+            self.logits[start:stop] = stored
+            self.embeddings[start:stop] = np.asarray(embeddings, dtype=self.embeddings.dtype)
+            self.consensus[start:stop] = np.asarray(consensus, dtype=np.float32)
         ends = np.array([min(stop, (index + 1) * chunk) - index * chunk for index in range(first, last + 1)])
         self._array("written")[first: last + 1] = np.maximum(counts, ends)
 
@@ -390,8 +531,9 @@ class PredictionStore:
     def extend(self, n_new_frames: int, dataset_version: str | None = None) -> tuple[int, int]:
         """Add `n_new_frames` unwritten frames at the end (a new dataset batch); returns their range.
 
-        The arrays grow first and the attributes (the commit) last, so an interrupted extend
-        leaves the store as it was; calling it again completes it.
+        The arrays grow first (and the new chunks of the resume record are written as 0) and
+        the attributes (the commit) last, so an interrupted extend leaves the store as it
+        was; calling it again completes it.
         """
         if n_new_frames <= 0:
             raise ValueError("extend needs n_new_frames > 0")
@@ -400,35 +542,77 @@ class PredictionStore:
         for name in FRAME_ARRAYS:
             array = self._array(name)
             array.resize((stop, *array.shape[1:]))
-        self._array("written").resize((_n_chunks(stop, self.chunk_frames),))
-        attrs: dict[str, Any] = dict(self.group.attrs)  # JSON boundary: the group attributes
+        old_chunks, new_chunks = _n_chunks(start, self.chunk_frames), _n_chunks(stop, self.chunk_frames)
+        written = self._array("written")
+        written.resize((new_chunks,))
+        if new_chunks > old_chunks:
+            written[old_chunks:new_chunks] = 0
+        attrs = dict(self.attrs)  # JSON boundary: the group attributes
         attrs["n_frames"] = stop
         attrs["segments"] = [*attrs["segments"], [start, stop]]
         if dataset_version is not None:
             attrs = _with_dataset_version(attrs, str(dataset_version))
-        self.group.attrs.put(attrs)  # one commit: the new frames and the version they come from
-        self.attrs = attrs
+        self._commit(attrs)  # one commit: the new frames and the version they come from
+        self._load_arrays()
         return start, stop
 
     # ---------------------------------------------------------- partial sums
     def write_partial(self, stat: str, start: int, stop: int, sums: np.ndarray) -> None:
-        """Keep the (n_annotators, n_annotators) float64 sums of `stat` over frames [start, stop)."""
+        """Keep the (n_annotators, n_annotators) float64 sums of `stat` over frames [start, stop).
+
+        The array is written first and its attributes sealed last: a partial without a seal
+        (an interrupted write) is not used and is replaced.
+        """
         n = self.n_annotators
         if sums.shape != (n, n):
             raise ValueError(f"partial sums shape {sums.shape} != {(n, n)}")
         partials = self.group.require_group("partials")
-        partials.create_array(_partial_name(stat, start, stop), data=np.asarray(sums, np.float64),
-                              overwrite=True, attributes={"stat": stat, "start": int(start), "stop": int(stop),
-                                                          "annotators": self.annotators})
+        body = {"stat": stat, "start": int(start), "stop": int(stop), "annotators": self.annotators}
+        array = partials.create_array(_partial_name(stat, start, stop), shape=(n, n), chunks=(n, n),
+                                      dtype="float64", overwrite=True, compressors=integrity.compressors(None),
+                                      attributes=body)
+        array[:] = np.asarray(sums, np.float64)
+        array.attrs.put(integrity.seal({**body, "shape": [n, n], "dtype": "float64"}))
+
+    def _partial_arrays(self) -> list[tuple[str, zarr.Array | DamagedStore]]:
+        """(name, array) for each partial with a zarr.json; a damaged zarr.json gives the error instead."""
+        if "partials" not in self.group:
+            return []
+        group = self._partials_group()
+        names = sync(_list_dir(self.group.store, "partials/"))
+        out: list[tuple[str, zarr.Array | DamagedStore]] = []
+        for name in sorted(names):
+            if name == "zarr.json" or not sync(self.group.store.exists(f"partials/{name}/zarr.json")):
+                continue  # no metadata: not a partial (or one whose deletion was interrupted)
+            try:
+                out.append((name, integrity.checked_node(group, name, "array")))
+            except DamagedStore as err:
+                out.append((name, err))
+        return out
+
+    def _checked_partial(self, name: str, array: zarr.Array) -> dict[str, Any] | None:
+        """A partial's sealed attributes (None for an unsealed one: an interrupted write)."""
+        attrs: dict[str, Any] = dict(array.attrs)  # JSON boundary: the partial's attributes
+        if integrity.DIGEST not in attrs:
+            return None
+        file = self._file(f"partials/{name}/zarr.json")
+        integrity.check_seal(attrs, file)
+        n = self.n_annotators
+        codecs = [c.to_dict().get("name") for c in array.metadata.codecs]  # type: ignore[union-attr]
+        if (array.shape != (n, n) or array.chunks != (n, n) or array.dtype != np.float64
+                or list(attrs["shape"]) != [n, n] or not codecs or codecs[-1] != "crc32c"):
+            raise DamagedStore(file, f"partials/{name}", array.shape,
+                               "the partial's metadata does not match its sealed shape, dtype and checksum codec")
+        return attrs
 
     def partials(self, stat: str) -> dict[tuple[int, int], np.ndarray]:
-        """Stored partial sums of `stat` for the current annotators, by frame range."""
-        if "partials" not in self.group:
-            return {}
+        """Stored partial sums of `stat` for the current annotators, by frame range (checked)."""
         out = {}
-        for _, array in self._partials_group().arrays():
-            attrs: dict[str, Any] = dict(array.attrs)  # JSON boundary: the partial's attributes
-            if attrs.get("stat") != stat or attrs.get("annotators") != self.annotators:
+        for name, array in self._partial_arrays():
+            if isinstance(array, DamagedStore):
+                raise array
+            attrs = self._checked_partial(name, array)
+            if attrs is None or attrs.get("stat") != stat or attrs.get("annotators") != self.annotators:
                 continue
             if int(attrs["stop"]) > self.n_frames:
                 continue
@@ -436,16 +620,58 @@ class PredictionStore:
         return out
 
     def drop_partials(self, start: int = 0, stop: int | None = None) -> int:
-        """Delete the partial sums that cover any frame in [start, stop); returns how many."""
-        if "partials" not in self.group:
-            return 0
+        """Delete the partial sums that cover any frame in [start, stop), and any whose metadata
+        fails its check (they are derived; sums that cannot be trusted go); returns how many."""
         stop = self.n_frames if stop is None else stop
-        group = self._partials_group()
-        doomed = [name for name, array in group.arrays()
-                  if _partial_range(array)[0] < stop and _partial_range(array)[1] > start]
-        for name in doomed:
-            del group[name]
+        doomed = []
+        for name, array in self._partial_arrays():
+            try:
+                attrs = None if isinstance(array, DamagedStore) else self._checked_partial(name, array)
+            except (DamagedStore, KeyError, TypeError, ValueError):
+                attrs = None
+            if attrs is None or (int(attrs["start"]) < stop and int(attrs["stop"]) > start):
+                doomed.append(name)
+        if doomed:
+            group = self._partials_group()
+            for name in doomed:
+                del group[name]
         return len(doomed)
+
+    # ---------------------------------------------------------------- verify
+    @classmethod
+    def verify(cls, uri: str | Path) -> StoreReport:
+        """Check the whole store without decoding: the attributes' digest, each array's
+        metadata, every chunk file the resume record counts as written (exists, CRC32C), the
+        resume record, the annotator embeddings and each partial sum. Reports, never raises
+        for damage (`annostyle verify`)."""
+        uri = str(uri)
+        if not cls.exists(uri):
+            lost = _lost_manifest(uri)
+            return StoreReport(kind="predictions", uri=uri, exists=lost is not None,
+                               damaged=[integrity.damaged_from(lost)] if lost else [])
+        try:
+            store = cls.open(uri)
+        except DamagedStore as opening:
+            return StoreReport(kind="predictions", uri=uri, exists=True, damaged=[integrity.damaged_from(opening)],
+                               arrays=_fallback_arrays(uri))
+        reports = {name: ArrayReport(name=name, chunks=0) for name in ARRAYS}
+        for _, name, found in store._scan_chunks():
+            reports[name].chunks += 1
+            if found is not None:
+                reports[name].damaged.append(integrity.damaged_from(found))
+        reports["annotator_embeddings"] = integrity.verify_array(store._array("annotator_embeddings"))
+        out = [reports[name] for name in ARRAYS]
+        damaged: list[DamagedFile] = []
+        for name, array in store._partial_arrays():
+            if isinstance(array, DamagedStore):
+                damaged.append(integrity.damaged_from(array))
+                continue
+            try:
+                store._checked_partial(name, array)
+            except DamagedStore as err:
+                damaged.append(integrity.damaged_from(err))
+            out.append(integrity.verify_array(array))
+        return StoreReport(kind="predictions", uri=uri, exists=True, arrays=out, damaged=damaged)
 
     # ------------------------------------------------------------------ export
     def export_npz(
@@ -552,3 +778,35 @@ def _partial_name(stat: str, start: int, stop: int) -> str:
     return f"{stat}_{int(start)}_{int(stop)}"
 
 
+def _fixed_axes(name: str) -> slice:
+    """The axes of an array's shape that never change (frame arrays and the record grow along axis 0)."""
+    return slice(0, None) if name == "annotator_embeddings" else slice(1, None)
+
+
+async def _list_dir(store: Any, prefix: str) -> list[str]:
+    return [name async for name in store.list_dir(prefix)]
+
+
+def _lost_manifest(uri: str) -> DamagedStore | None:
+    """The error for a local store folder that holds files but no group zarr.json, else None."""
+    path = local_path(uri) if is_local(uri) else None
+    if path is None or not path.is_dir() or not any(path.iterdir()):
+        return None
+    return DamagedStore(f"{uri.rstrip('/')}/zarr.json", "manifest", "missing",
+                        "the store's zarr.json is missing (its arrays are there)")
+
+
+def _fallback_arrays(uri: str) -> list[ArrayReport]:
+    """Every chunk its shape implies, of each array that still opens (for a store whose
+    attributes fail their check, so the resume record cannot say which chunks are due)."""
+    try:
+        group = integrity.open_checked_group(uri, mode="r")
+    except DamagedStore:
+        return []  # the group's zarr.json itself does not parse: reported as the manifest
+    out = []
+    for name in ARRAYS:
+        try:
+            out.append(integrity.verify_array(integrity.checked_node(group, name, "array")))
+        except DamagedStore as err:
+            out.append(ArrayReport(name=name, chunks=0, damaged=[integrity.damaged_from(err)]))
+    return out

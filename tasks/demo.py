@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from configs.sources import DemoSource
+from configs.sources import DEMO_SIZES, DemoSource
 from storage.batch import Batch
 
 CLASSES: tuple[str, ...] = ("other", "approach", "attack", "investigation")
@@ -39,11 +39,9 @@ KEYPOINTS: tuple[str, ...] = ("nose", "ear_left", "ear_right", "neck", "hip_left
 AGENTS: tuple[str, ...] = ("resident", "intruder")
 FEATURE_NAMES: tuple[str, ...] = tuple(f"{a}_{k}_{xy}" for a in AGENTS for k in KEYPOINTS for xy in "xy")
 
-# Defaults by size: (n_sequences, sequence_length, n_annotators, n_groups).
-SIZES: dict[str, tuple[int, int, int, int]] = {
-    "demo": (48, 1000, 8, 3),
-    "large": (1000, 10_000, 6, 3),
-}
+# Defaults by size: (n_sequences, sequence_length, n_annotators, n_groups); the config validates
+# against them, so they live with it.
+SIZES = DEMO_SIZES
 
 # Embedded chain of bouts (no self-transitions): rows are the current class, columns the next.
 # Approach always ends in contact; "other" is the background most bouts return to.

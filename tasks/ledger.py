@@ -204,7 +204,8 @@ _START_OVER = ("move it away to start over (batches would be run again; the data
 
 
 def save_ledger(path: Path, ledger: Ledger) -> None:
-    """Write the ledger atomically (storage.files): a crash leaves the old ledger or the new one."""
+    """Write the ledger atomically (storage.files): a crash leaves the old ledger or the new one, and
+    its temporary file is new, exclusively made and never reached through a planted symlink."""
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, ledger.model_dump_json(indent=1).encode())
 

@@ -1,5 +1,5 @@
 """Auditing runs: `annostyle runs` (listing and --diff) on a real MLflow store made by real pipeline runs,
-`annostyle ui` started and stopped with Ctrl-C, and figures that stay readable with 50 annotators."""
+`annostyle ui` started and stopped with Ctrl-C or SIGTERM (its whole server group gone), and figures that stay readable with 50 annotators."""
 
 from __future__ import annotations
 
@@ -120,6 +120,35 @@ def test_ui_serves_the_store_and_stops_on_ctrl_c(two_runs):
             ui.kill()
     time.sleep(0.5)
     with socket.socket() as s:  # the server (a separate process group) is gone too
+        assert s.connect_ex(("127.0.0.1", port)) != 0
+
+
+@pytest.mark.slow
+def test_ui_stops_its_whole_server_group_on_sigterm(tmp_path):
+    import psutil
+
+    from storage.tracking import ensure_store
+
+    layout = RootLayout(tmp_path / "root")
+    ensure_store(layout, layout.local_tracking_uri)  # a real, empty tracking store
+    port = _free_port()
+    ui = subprocess.Popen([sys.executable, "-m", "flows.cli", "ui", "--root", str(layout.root), "--port", str(port)],
+                          cwd=PROJECT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert f"http://127.0.0.1:{port}" in ui.stdout.readline()
+        children = psutil.Process(ui.pid).children(recursive=True)  # the server and its workers
+        assert children
+        with socket.socket() as s:
+            assert s.connect_ex(("127.0.0.1", port)) == 0
+        ui.send_signal(signal.SIGTERM)  # to the ui process only, as `kill PID` or a supervisor does
+        assert ui.wait(30) == 0
+        assert "stopped" in ui.stdout.read()
+    finally:
+        if ui.poll() is None:
+            ui.kill()
+    _, alive = psutil.wait_procs(children, timeout=10)
+    assert not alive, f"left running after SIGTERM: {[(p.pid, p.name()) for p in alive]}"
+    with socket.socket() as s:
         assert s.connect_ex(("127.0.0.1", port)) != 0
 
 

@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -162,6 +163,45 @@ def test_ledger_round_trip_atomic_write_and_a_corrupt_ledger_is_an_error(tmp_pat
     path.write_text("{not json")
     with pytest.raises(InputError, match="unreadable"):
         lg.load_ledger(path, "toy", tmp_path)
+
+
+def test_the_ledgers_temporary_file_never_follows_a_planted_symlink(tmp_path: Path) -> None:
+    """Symlinks planted at every name a temporary file beside the ledger could predictably have
+    (here to a file outside the folder, and to one that does not exist yet) are left alone: the
+    ledger's temporary file is a new file of an unpredictable name, made exclusively."""
+    from storage.files import atomic_write
+
+    path = RootLayout(tmp_path / "root").watch_ledger("toy")
+    path.parent.mkdir(parents=True)
+    victim, absent = tmp_path / "victim.txt", tmp_path / "absent.txt"
+    victim.write_bytes(b"not yours")
+    planted = {}
+    for i, name in enumerate([".toy.json.partial", "toy.json.partial", ".toy.json.tmp", "toy.json.tmp",
+                              "toy.json~", ".toy.json.swp", ".toy.json.0.partial"]):
+        planted[path.with_name(name)] = victim if i % 2 == 0 else absent
+    for link, target in planted.items():
+        link.symlink_to(target)
+    ledger = lg.mark_running(lg.new_ledger("toy", str(tmp_path)), found("a.csv", "a"), "r", NOW)
+    for _ in range(3):
+        lg.save_ledger(path, ledger)
+    assert victim.read_bytes() == b"not yours" and not absent.exists()
+    assert all(link.is_symlink() and link.readlink() == target for link, target in planted.items())
+    assert not path.is_symlink() and lg.load_ledger(path, "toy", tmp_path) == ledger
+    assert path.stat().st_mode & 0o777 == 0o666 & ~_umask()  # the mode `open` gives, not mkstemp's 0600
+    assert sorted(p.name for p in path.parent.iterdir()) == sorted(["toy.json", *(p.name for p in planted)])
+
+    seen: list[tuple[Path, bool]] = []  # each temporary name is new, and claimed before any write
+    for _ in range(3):
+        atomic_write(path, lambda tmp: (seen.append((tmp, stat.S_ISREG(tmp.lstat().st_mode))),
+                                        tmp.write_bytes(ledger.model_dump_json().encode())))
+    assert len({tmp for tmp, _ in seen}) == 3
+    assert all(tmp.parent == path.parent and tmp.name.startswith(".toy.json.") and made for tmp, made in seen)
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def test_one_watcher_per_ledger(tmp_path: Path) -> None:

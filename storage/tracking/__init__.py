@@ -8,6 +8,7 @@ By default runs go to a SQLite database and an artifact folder under the root; t
 
 from __future__ import annotations
 
+import fcntl
 import os
 import warnings
 from collections.abc import Iterator, Mapping
@@ -15,10 +16,12 @@ from contextlib import contextmanager
 from typing import Any
 
 import mlflow
+import sqlalchemy.exc
 from mlflow.data.dataset_source import DatasetSource
 from mlflow.data.dataset_source_registry import resolve_dataset_source
 from mlflow.data.meta_dataset import MetaDataset
 
+from errors import DamagedStore
 from storage.layout import RootLayout
 
 # Read once, before anything here calls mlflow.set_tracking_uri (which writes this variable).
@@ -30,9 +33,39 @@ def tracking_uri(layout: RootLayout) -> str:
     return SERVER_URI or layout.local_tracking_uri
 
 
+_READY: set[str] = set()
+"""The tracking URIs whose store this process has opened (its schema exists and is current)."""
+
+
+def ensure_store(layout: RootLayout, uri: str | None = None) -> str:
+    """Open the root's tracking store once per process, creating its schema under the root's lock.
+
+    MLflow creates and migrates a SQLite store's tables on first open, unguarded: two first runs on
+    a fresh root race on it and leave a half-made schema. Holding `RootLayout.mlflow_lock` while
+    the store is opened lets one process make the schema and the others find it made. A tracking
+    server (MLFLOW_TRACKING_URI) does this itself. `uri` defaults to `tracking_uri(layout)`;
+    returns it.
+    """
+    uri = uri or tracking_uri(layout)
+    if uri in _READY or not uri.startswith("sqlite:"):
+        return uri
+    layout.root.mkdir(parents=True, exist_ok=True)
+    with open(layout.mlflow_lock, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file is closed
+        try:
+            mlflow.MlflowClient(uri).search_experiments(max_results=1)
+        except (mlflow.exceptions.MlflowException, sqlalchemy.exc.SQLAlchemyError) as err:
+            where = layout.mlflow_db if uri == layout.local_tracking_uri else uri
+            raise DamagedStore(where, "schema", type(err).__name__,
+                               f"the MLflow tracking store cannot be opened ({str(err).splitlines()[0][:300]}); move it "
+                               "away to start a new one (the runs recorded in it are then not listed)") from err
+    _READY.add(uri)
+    return uri
+
+
 def use_root(layout: RootLayout) -> str:
-    """Point MLflow at the root's tracking store; return its URI."""
-    uri = tracking_uri(layout)
+    """Point MLflow at the root's tracking store (opened under the root's lock); return its URI."""
+    uri = ensure_store(layout)
     mlflow.set_tracking_uri(uri)
     return uri
 

@@ -3,15 +3,14 @@
 One run per training: the whole config as params; the dataset store as an input (digest = its
 version); per-epoch metrics of the annotator model and of each baseline (`mv.*`, `ds.*`),
 per-annotator validation accuracy (`val_accuracy.<annotator>`); the best epoch's metrics as
-`final.*`; the model (`mlflow.pytorch.log_model` with a signature inferred from real windows);
-the tables and figures `tasks.train_figures` made (annotator embeddings, CoNAL's confusion
-matrices, learning curves, per-annotator accuracies). A dataset without features gets a run with
-the aggregators' metrics and tables and no model. Nothing here loads, reads or draws.
+`final.*`; the model (`mlflow.pytorch.log_model` as a torch.export graph, never a pickle, with a
+signature inferred from real windows); the tables and figures `tasks.train_figures` made
+(annotator embeddings, CoNAL's confusion matrices, learning curves, per-annotator accuracies). A
+dataset without features gets a run with the aggregators' metrics and tables and no model. Nothing here loads, reads or draws.
 """
 
 from __future__ import annotations
 
-import logging
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -27,8 +26,6 @@ from storage.layout import RootLayout
 from storage.model_store import LoggedModel, RunFolder, set_model_run_id
 from storage.results.train import AggregatorMetrics, EpochMetrics, TrainResult
 from storage.tracking import log_metrics, log_store_input, stage_run
-
-log = logging.getLogger(__name__)
 
 SCALARS = ("train_loss", "val_loss", "val_accuracy", "val_accuracy_annotator_mean", "consensus_accuracy",
            "val_gold_accuracy", "test_accuracy")
@@ -78,7 +75,7 @@ def record_train(layout: RootLayout, config: PipelineConfig, result: TrainResult
         else:
             _record_model(result)
         if model is not None:
-            _log_pytorch_model(model)
+            _log_pytorch_model(model, f"head {result.head}, run folder {result.model_dir}")
         for path, table in (tables or {}).items():
             mlflow.log_table(dict(table), path)
         for path, figure in (figures or {}).items():
@@ -109,14 +106,19 @@ def _record_model(result: TrainResult) -> None:
                  "train_frames_per_s": result.train_frames_per_s})
 
 
-def _log_pytorch_model(model: LoggedModel) -> None:
-    """The network as an MLflow PyTorch model, its signature inferred from the example."""
+def _log_pytorch_model(model: LoggedModel, which: str) -> None:
+    """The network as an MLflow PyTorch model (a self-contained torch.export graph, MLflow 3's
+    default format), its signature inferred from the example; `which` names it in an error.
+
+    A network that does not export is an error: it is never logged pickled instead (loading a
+    pickle runs whatever code it names).
+    """
     signature = infer_signature(model.example, model.output)
     requirements = [f"torch=={torch.__version__.split('+')[0]}"]
-    try:  # a self-contained torch.export graph (MLflow 3's default format)
+    try:
         mlflow.pytorch.log_model(model.net, name="model", signature=signature, input_example=model.example,
                                  serialization_format="pt2", pip_requirements=requirements)
-    except Exception as err:  # export is best effort; the pickled module always works
-        log.warning("torch.export of the model failed (%s); logging it pickled instead", err)
-        mlflow.pytorch.log_model(model.net, name="model", signature=signature, input_example=model.example,
-                                 serialization_format="pickle", pip_requirements=requirements)
+    except Exception as err:
+        reason = str(err).strip().splitlines()[0][:500] if str(err).strip() else type(err).__name__
+        raise RuntimeError(f"the {type(model.net).__name__} network ({which}) cannot be exported with "
+                           f"torch.export, so it is not logged: {type(err).__name__}: {reason}") from err

@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 
 from configs.schema import PipelineConfig
 from configs.sources import READERS, SourceConfig
+from errors import InputError
 from storage.batch import Batch
 from tasks.readers.mapping import read_mapping
 from tasks.readers.table import read_table
@@ -26,7 +27,11 @@ def read_source(config: PipelineConfig) -> Batch:
     """Read the config's source with its registered reader, fixed classes and annotators; the
     batch is validated."""
     read: Reader = load(READERS[config.source.kind])
-    batch = read(config.source, config.classes, config.annotators)
+    try:
+        batch = read(config.source, config.classes, config.annotators)
+    except (MemoryError, RecursionError) as err:  # the last guard: the limits in configs.inputs come first
+        where = ", ".join(map(str, config.source.input_paths())) or config.source.kind
+        raise InputError(where, "source", type(err).__name__, "the input is too large or too deeply nested to read") from err
     batch.replace = config.replace
     batch.validate()
     return batch

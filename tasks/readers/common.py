@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from configs.inputs import MAX_ANNOTATORS, MAX_FRAMES, MAX_LABEL_CELLS, check_classes, check_count
 from errors import InputError
 from storage.batch import MISSING, class_key
 
@@ -34,9 +35,19 @@ def natural_sorted(keys: Iterable[str]) -> list[str]:
 
 
 def _factorize(values: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Codes and distinct values in first-appearance order; None/NaN get code -1."""
-    codes, uniques = pd.factorize(np.asarray(values) if isinstance(values, list) else values,
-                                  sort=False, use_na_sentinel=True)
+    """Codes and distinct values in first-appearance order; None/NaN get code -1.
+
+    Python counts `True == 1`, so a hash table would merge a bool with the number it equals
+    (whichever comes first would win): bools among other values are first replaced by their
+    class key text ("true", "false"), which keeps them apart from 1 and 0.
+    """
+    array = np.asarray(values) if isinstance(values, (list, pd.Series)) else values
+    if isinstance(array, np.ndarray) and array.dtype == object and len(array):
+        is_bool = np.fromiter((isinstance(v, (bool, np.bool_)) for v in array), dtype=bool, count=len(array))
+        if is_bool.any() and not is_bool.all():
+            array = array.copy()
+            array[is_bool] = ["true" if v else "false" for v in array[is_bool]]
+    codes, uniques = pd.factorize(array, sort=False, use_na_sentinel=True)
     return np.asarray(codes, dtype=np.int64), np.asarray(uniques, dtype=object)
 
 
@@ -86,6 +97,7 @@ def encode_labels(
     else:
         classes = natural_sorted(set(present))
         index = {c: i for i, c in enumerate(classes)}
+    check_classes(classes, _file_at(file, 0), field)
     lookup = np.array([MISSING if k is None else index[k] for k in keys] + [MISSING], dtype=np.int16)
     return lookup[codes], classes
 
@@ -137,8 +149,11 @@ def fill_labels(
     """The (frames, annotators) int16 label matrix from one (frame, annotator, code) per label.
 
     Repeated (frame, annotator) pairs must agree; a disagreement is an InputError naming the
-    frame and annotator.
+    frame and annotator. The matrix's size is checked against the input limits first.
     """
+    check_count(file, "frames", n_frames, MAX_FRAMES, "frames in one batch")
+    check_count(file, "annotator", n_annotators, MAX_ANNOTATORS, "annotators")
+    check_count(file, field, n_frames * n_annotators, MAX_LABEL_CELLS, "labels (frames x annotators)")
     labels = np.full((n_frames, n_annotators), MISSING, dtype=np.int16)
     if len(frame) == 0:
         return labels

@@ -1,7 +1,9 @@
 """Reader for nested mappings `{annotator: {item: label}}` in YAML or JSON, with gold `{item: label}`.
 
-Keys become text (`str(key)`: YAML reads the bluebirds ids as ints). Items are the labelled items
-in first-seen order followed by the gold-only items.
+The file is read as written (`configs.inputs.parse_yaml` with `typed=False`): keys and labels are
+the text the file holds (annotator `no` stays "no", item `010` stays "010"), a duplicate key is an
+error naming the key and its lines, aliases are refused. Items are the labelled items in
+first-seen order followed by the gold-only items.
 """
 
 from __future__ import annotations
@@ -11,14 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
+from configs.inputs import MAX_TEXT_BYTES, load_yaml
 from configs.sources import MappingSource
 from errors import InputError
 from storage.batch import Batch
 from tasks.readers.common import check_annotators, encode_with_gold, fill_labels, sort_codes
-
-_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 def read_mapping(
@@ -28,36 +28,32 @@ def read_mapping(
 ) -> Batch:
     """Read a `{annotator: {item: label}}` file (and an optional gold `{item: label}`) into a Batch."""
     path = Path(src.labels)
-    data = _load_mapping(path, "{annotator: {item: label}}")
+    data = _load_mapping(path, "labels", "{annotator: {item: label}}")
     item_index: dict[str, int] = {}
     ann_codes: list[int] = []
     item_codes: list[int] = []
     values: list[Any] = []
     ann_names: list[str] = []
     for a, (annotator, labels) in enumerate(data.items()):
-        ann_names.append(str(annotator))
+        ann_names.append(_key(path, "annotator", annotator))
         if labels is None:
             continue
         if not isinstance(labels, dict):
-            raise InputError(path, str(annotator), type(labels).__name__,
+            raise InputError(path, annotator, type(labels).__name__,
                              "an annotator's labels must be a mapping {item: label}")
-        codes = [item_index.setdefault(str(item), len(item_index)) for item in labels]
-        if len(set(codes)) != len(codes):
-            raise InputError(path, str(annotator), _repeated(labels), "item key given twice (as text and number)")
+        _single_values(path, annotator, labels)
+        codes = [item_index.setdefault(_key(path, annotator, item), len(item_index)) for item in labels]
         item_codes.extend(codes)
         ann_codes.extend([a] * len(codes))
         values.extend(labels.values())
-    if len(set(ann_names)) != len(ann_names):
-        raise InputError(path, "annotator", _repeated(data), "annotator key given twice (as text and number)")
 
     gold_values = None
     gold_items: list[int] = []
     gold_path = Path(src.gold) if src.gold is not None else None
     if gold_path is not None:
-        gold_data = _load_mapping(gold_path, "{item: label}")
-        gold_items = [item_index.setdefault(str(item), len(item_index)) for item in gold_data]
-        if len(set(gold_items)) != len(gold_items):
-            raise InputError(gold_path, "item", _repeated(gold_data), "item key given twice (as text and number)")
+        gold_data = _load_mapping(gold_path, "gold", "{item: label}")
+        _single_values(gold_path, "gold", gold_data)
+        gold_items = [item_index.setdefault(_key(gold_path, "item", item), len(item_index)) for item in gold_data]
         gold_values = list(gold_data.values())
     item_names = list(item_index)
     if not item_names:
@@ -93,16 +89,27 @@ def read_mapping(
     )
 
 
-def _load_mapping(path: Path, shape: str) -> dict[Any, Any]:
-    """Parse a YAML/JSON file that must hold a mapping; `shape` describes it in errors."""
-    try:
-        data = yaml.load(path.read_text(), Loader=_Loader)
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
-        first = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise InputError(path, None, first, "not valid YAML or JSON") from err
+def _load_mapping(path: Path, field: str, shape: str) -> dict[str, Any]:  # JSON boundary: a parsed mapping file
+    """Parse a YAML/JSON file that must hold a mapping; `field` is its source key, `shape` its form."""
+    data = load_yaml(path, field, typed=False, limit=MAX_TEXT_BYTES)
     if not isinstance(data, dict):
-        raise InputError(path, None, type(data).__name__, f"the file must hold a mapping {shape}")
+        raise InputError(path, field, type(data).__name__, f"the file must hold a mapping {shape}")
     return data
+
+
+def _key(path: Path, field: str, key: Any) -> str:
+    """A key as the text the file writes (not stripped); a key without text (`~`, blank) is an error."""
+    if not isinstance(key, str) or not key.strip():
+        raise InputError(path, field, key, "a key must be non-empty text")
+    return key
+
+
+def _single_values(path: Path, field: str, labels: dict[str, Any]) -> None:  # JSON boundary: parsed labels
+    """Every label is one value (text or null), not a list or a mapping."""
+    for item, label in labels.items():
+        if isinstance(label, (list, dict)):
+            raise InputError(path, field, item, f"the label of item {item!r} must be a single value, not a "
+                                                f"{'list' if isinstance(label, list) else 'mapping'}")
 
 
 def _object_array(values: list[Any]) -> np.ndarray:
@@ -110,13 +117,3 @@ def _object_array(values: list[Any]) -> np.ndarray:
     out = np.empty(len(values), dtype=object)
     out[:] = values
     return out
-
-
-def _repeated(mapping: dict[Any, Any]) -> str:
-    """The first key whose text repeats an earlier key's text."""
-    seen: set[str] = set()
-    for key in mapping:
-        if str(key) in seen:
-            return str(key)
-        seen.add(str(key))
-    return ""

@@ -3,6 +3,11 @@
 Without sequence columns every item is a one-frame sequence; with `sequence_column` and
 `frame_column` the rows label frames 0..max(frame) of each sequence and frames without a row are
 unlabelled. Optional features come from a `.npy` (row i is item id i) or a table keyed by item id.
+
+A CSV/TSV is text, and its id, label and gold columns are read as the text they hold (label `010`
+stays "010", `1.0` stays "1.0"); Parquet columns keep their types (see `configs.inputs.class_key`).
+Only regular files are read; a `frame` must be below `MAX_SEQUENCE_FRAMES`, checked before any
+frame is allocated; a `.npy` header is checked against the file's size before it is loaded.
 """
 
 from __future__ import annotations
@@ -14,6 +19,16 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from configs.inputs import (
+    MAX_FEATURES_PER_FRAME,
+    MAX_FRAMES,
+    MAX_SEQUENCE_FRAMES,
+    MAX_TABLE_BYTES,
+    check_count,
+    check_regular,
+    check_size,
+    open_input,
+)
 from configs.sources import TableSource
 from errors import InputError
 from storage.batch import Batch
@@ -46,7 +61,8 @@ def read_table(
         wanted["gold_column"] = src.gold_column
     if sequences is not None:
         wanted["sequence_column"], wanted["frame_column"] = sequences
-    names = [src.annotator_column, src.item_column] + ([sequences[0]] if sequences else [])
+    names = [src.annotator_column, src.item_column, src.label_column] + ([sequences[0]] if sequences else [])
+    names += [src.gold_column] if src.gold_column is not None else []
     table = read_frame(path, src.format, "format", text_columns=names)
     require_columns(path, list(table.columns), wanted)
     if table.empty:
@@ -121,13 +137,20 @@ def read_frame(path: Path, fmt: str | None, key: str, text_columns: Sequence[str
         raise InputError(path, key, path.suffix, "cannot tell the file format from its suffix; "
                                                  "use .csv, .tsv or .parquet (or set `format`)")
     try:
-        if fmt == "parquet":
-            return pd.read_parquet(path)
-        return pd.read_csv(path, sep="\t" if fmt == "tsv" else ",", dtype=dict.fromkeys(text_columns, str))
+        with open_input(path, "path" if key == "format" else key, MAX_TABLE_BYTES) as file:
+            if fmt == "parquet":
+                return pd.read_parquet(file)
+            return pd.read_csv(file, sep="\t" if fmt == "tsv" else ",", dtype=dict.fromkeys(text_columns, str))
     except pd.errors.EmptyDataError as err:
         raise InputError(path, None, 0, "empty file: no header and no rows") from err
-    except (ValueError, OSError, UnicodeDecodeError, pd.errors.ParserError) as err:
-        raise InputError(path, key, fmt, f"cannot read the file as {fmt}: {err}") from err
+    except InputError:
+        raise
+    except (ValueError, OSError, UnicodeDecodeError, pd.errors.ParserError, OverflowError) as err:
+        raise InputError(path, key, fmt, f"cannot read the file as {fmt}: {' '.join(str(err).split())}") from err
+    except Exception as err:  # pyarrow raises its own error types for a damaged Parquet file
+        if type(err).__module__.startswith("pyarrow"):
+            raise InputError(path, key, fmt, f"cannot read the file as {fmt}: {err}") from err
+        raise
 
 
 def _sequence_columns(src: TableSource) -> tuple[str, str] | None:
@@ -169,9 +192,15 @@ def _frames_of_sequences(
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
         raise InputError(path, frame_column, plain(raw.iloc[row]), f"row {row + 2}: a frame must be a whole number >= 0")
+    too_far = number >= MAX_SEQUENCE_FRAMES
+    if too_far.any():
+        row = int(np.flatnonzero(too_far)[0])
+        raise InputError(path, frame_column, plain(raw.iloc[row]),
+                         f"row {row + 2}: a frame must be below {MAX_SEQUENCE_FRAMES:,} (the limit of frames per sequence)")
     position = number.astype(np.int64)
     lengths = np.zeros(len(seq_names), dtype=np.int64)
     np.maximum.at(lengths, seq_codes, position + 1)
+    check_count(path, frame_column, int(lengths.sum()), MAX_FRAMES, "frames in one batch")
     offsets = np.concatenate([[0], np.cumsum(lengths)])
     frame = offsets[seq_codes] + position
     if not has_items:
@@ -242,14 +271,32 @@ def _read_features(
 
 
 def _npy_rows(path: Path) -> tuple[np.ndarray, list[str]]:
-    """A .npy feature array (row i is item id i); its row names are implied, so none are returned."""
+    """A .npy feature array (row i is item id i); its row names are implied, so none are returned.
+
+    The file is mapped, not read, so its header is checked against its size (a truncated file
+    or a header claiming a huge shape is an error, not an allocation) before the rows are copied.
+    """
+    check_size(path, "features", check_regular(path, "features"), MAX_TABLE_BYTES)
     try:
-        array = np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as err:
-        raise InputError(path, "features", None, f"cannot read the .npy: {err}") from err
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError) as err:
+        problem = " ".join(str(err).split())
+        if isinstance(err, EOFError) or "mmap length" in problem:
+            problem = "empty or truncated file (the header's shape needs more bytes than the file holds)"
+        raise InputError(path, "features", None, f"cannot read the .npy: {problem}") from err
+    if not isinstance(array, np.ndarray):
+        raise InputError(path, "features", type(array).__name__, "need a .npy array (not a .npz archive)")
     if array.ndim < 1 or array.dtype.kind not in "biuf":
         raise InputError(path, "features", str(array.dtype), f"need a numeric array of rows, got shape {array.shape}")
-    return array.astype(np.float32, copy=False), []
+    check_count(path, "features", array.shape[0], MAX_FRAMES, "feature rows")
+    width = int(np.prod(array.shape[1:], dtype=np.int64))
+    if width == 0:
+        raise InputError(path, "features", list(array.shape), "need at least one feature value per row (zero-width features)")
+    check_count(path, "features", width, MAX_FEATURES_PER_FRAME, "feature values per row")
+    try:
+        return np.array(array, dtype=np.float32), []
+    except MemoryError as err:
+        raise InputError(path, "features", list(array.shape), "too large to load into memory") from err
 
 
 def _table_rows(path: Path, src: TableSource) -> tuple[np.ndarray, list[str]]:
