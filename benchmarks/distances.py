@@ -9,7 +9,12 @@ In one run, on the same prediction store (synthetic logits with planted style gr
    chunking with nothing computed), the ceiling for a method that reads the data once;
 4. peak memory of ours at 1x and 10x the frames, each in a fresh subprocess: peak RSS
    (ru_maxrss), its rise over the RSS just before the computation, and the peak of what
-   tracemalloc sees (NumPy buffers included).
+   tracemalloc sees (NumPy buffers included);
+5. `PredictionStore.verify`, the whole-store check of `annostyle verify` (every chunk file's
+   CRC32C, nothing decoded).
+
+Every read in 2 and 3 goes through the store's checks (each chunk's CRC32C once, the
+attributes' digest on open), so the ratios include their cost.
 
 Prints the ratios: ours / notebook speed (target >= 10), ours / plain read throughput
 (target >= 0.5), peak memory 10x / 1x (target: flat, about 1).
@@ -184,13 +189,17 @@ def main() -> None:
         t_dask, _ = best_of(lambda: plain_dask_read(store), args.repeat)
         t_ours, d_ours = best_of(lambda: ours(store.uri), args.repeat)
         t_nb, d_nb = best_of(lambda: notebook_distances(work / "npz", names, store.annotators), max(1, args.repeat - 1))
+        t_verify, report = best_of(lambda: PredictionStore.verify(store.uri), args.repeat)
         off = ~np.eye(args.annotators, dtype=bool)
         agree = float(np.max(np.abs(d_ours - d_nb)[off] / d_nb[off]))
         t_plain = min(t_loop, t_dask)
         print("\ntimes (best of runs), throughput in frames/s:")
         for label, t in (("MABe notebook method", t_nb), ("ours (Dask threads)", t_ours),
-                         ("plain read, chunk loop", t_loop), ("plain read, Dask", t_dask)):
-            print(f"  {label:24s} {t:8.3f} s  {n / t / 1e6:7.2f} M")
+                         ("plain read, chunk loop", t_loop), ("plain read, Dask", t_dask),
+                         ("verify (CRC32C, no decode)", t_verify)):
+            print(f"  {label:26s} {t:8.3f} s  {n / t / 1e6:7.2f} M")
+        if not report.ok:
+            raise SystemExit(f"the benchmark store fails verify: {report}")
         print(f"  ours vs notebook: max relative difference of the distances {agree:.1e} "
               f"(the notebook computes softmax in float32)")
 

@@ -36,9 +36,9 @@ How damage is detected (`storage.integrity`): every chunk of every array (partia
 ends with a CRC32C (Zarr 3's `crc32c` codec) and every chunk is written, so a read through the
 store (`open`) that meets an absent, truncated or altered chunk file raises
 `errors.DamagedStore` naming the store, the array and the file, never a fill value. The group
-attributes are sealed with a digest of themselves, and record a digest of each array's
-metadata (all but the growing frame axis), checked on open: an edited `n_frames`,
-`annotators`, `segments` or codec chain is an error. Each partial carries its own seal (an
+attributes are sealed with a digest of themselves (checked on open) and record a digest of
+each array's metadata but its growing frame axis (checked on the array's first use): an edited
+`n_frames`, `annotators`, `segments` or codec chain is an error. Each partial carries its own seal (an
 unsealed one is an interrupted write: not used, replaced). `verify` checks every file without
 decoding; `resume_or_create` marks chunks that fail their check as unwritten, so a resumed
 predict writes them again instead of calling them complete.
@@ -123,9 +123,9 @@ def subtract_ranges(ranges: Sequence[tuple[int, int]], minus: Sequence[tuple[int
 class PredictionStore:
     """A prediction store opened for reading (`mode="r"`) or writing (`"r+"`).
 
-    Opening checks the group attributes against their digest and each array's metadata
-    against the digest recorded at creation; every chunk read checks the chunk's CRC32C and
-    that it exists (`storage.integrity`), so damage is `errors.DamagedStore`, never data.
+    Opening checks the group attributes against their digest; the first use of an array checks
+    its metadata against the digest recorded at creation; every chunk read checks the chunk's
+    CRC32C and that it exists (`storage.integrity`): damage is `errors.DamagedStore`, never data.
 
     >>> store = PredictionStore.create(uri, n_frames, annotators, classes, 64, 8,
     ...                                PredictConfig(), {"dataset_store": ..., "dataset_version": ...,
@@ -147,29 +147,23 @@ class PredictionStore:
         integrity.check_seal(self.attrs, self._file("zarr.json"))
         if self.attrs.get("format") != FORMAT:
             raise InputError(uri, "format", self.attrs.get("format"), "not an annostyle prediction store")
-        self._arrays: dict[str, zarr.Array] = {}
-        self._load_arrays()
+        self._arrays: dict[str, zarr.Array] = {}  # opened and checked on first use (`_array`)
 
     def _file(self, key: str) -> str:
         return f"{self.uri.rstrip('/')}/{key}"
 
-    def _load_arrays(self) -> None:
-        """Open every array and check its metadata against the digest and the committed counts."""
-        recorded = self.attrs.get("arrays") or {}
-        arrays = {}
-        for name in ARRAYS:
-            array = integrity.checked_node(self.group, name, "array")
-            digest = integrity.array_metadata_digest(array, _fixed_axes(name))
-            if recorded.get(name) != digest:
-                raise DamagedStore(self._file(f"{name}/zarr.json"), name, digest,
-                                   "the array's metadata does not match the digest the store recorded")
-            arrays[name] = array
-        n_chunks = _n_chunks(self.n_frames, self.chunk_frames)
-        for name, length in (*((n, self.n_frames) for n in FRAME_ARRAYS), ("written", n_chunks)):
-            if arrays[name].shape[0] < length:
-                raise DamagedStore(self._file(f"{name}/zarr.json"), name, arrays[name].shape[0],
-                                   f"the array is shorter than the {length} entries the attributes commit")
-        self._arrays = arrays
+    def _open_array(self, name: str) -> zarr.Array:
+        """Open an array and check its metadata against the recorded digest and the committed counts."""
+        array = integrity.checked_node(self.group, name, "array")
+        file = self._file(f"{name}/zarr.json")
+        digest = integrity.array_metadata_digest(array, _fixed_axes(name))
+        if (self.attrs.get("arrays") or {}).get(name) != digest:
+            raise DamagedStore(file, name, digest, "the array's metadata does not match the digest the store recorded")
+        length = {"written": _n_chunks(self.n_frames, self.chunk_frames)}.get(name, self.n_frames)
+        if name != "annotator_embeddings" and array.shape[0] < length:
+            raise DamagedStore(file, name, array.shape[0],
+                               f"the array is shorter than the {length} entries the attributes commit")
+        return array
 
     # ----------------------------------------------------------------- opening
     @classmethod
@@ -294,11 +288,14 @@ class PredictionStore:
         (overwriting; the predictions are derived data). Both are logged with the file.
         """
         if cls.exists(uri):
+            store: PredictionStore | None = None
             try:
-                store: PredictionStore | None = cls.open(uri, mode="r+")
+                opened = cls.open(uri, mode="r+")
+                for name in ARRAYS:
+                    opened._array(name)  # each array's metadata against its digest
+                store = opened
             except DamagedStore as err:
                 log.warning("prediction store %s is damaged (%s): predicting it again", uri, err)
-                store = None
             if store is not None:
                 chunk = config.chunk_frames or auto_chunk_frames(len(annotators), len(classes), config.dtype)
                 same = (
@@ -334,7 +331,9 @@ class PredictionStore:
 
     # ------------------------------------------------------------- nodes
     def _array(self, name: str) -> zarr.Array:
-        """One of the store's arrays (opened and checked with the store)."""
+        """One of the store's arrays, its metadata checked when first used."""
+        if name not in self._arrays:
+            self._arrays[name] = self._open_array(name)
         return self._arrays[name]
 
     def _partials_group(self) -> zarr.Group:
@@ -553,7 +552,7 @@ class PredictionStore:
         if dataset_version is not None:
             attrs = _with_dataset_version(attrs, str(dataset_version))
         self._commit(attrs)  # one commit: the new frames and the version they come from
-        self._load_arrays()
+        self._arrays = {}  # opened again (and checked against the new counts) on next use
         return start, stop
 
     # ---------------------------------------------------------- partial sums
@@ -651,6 +650,8 @@ class PredictionStore:
                                damaged=[integrity.damaged_from(lost)] if lost else [])
         try:
             store = cls.open(uri)
+            for name in ARRAYS:
+                store._array(name)  # each array's metadata against its digest
         except DamagedStore as opening:
             return StoreReport(kind="predictions", uri=uri, exists=True, damaged=[integrity.damaged_from(opening)],
                                arrays=_fallback_arrays(uri))

@@ -257,10 +257,11 @@ def test_an_unsealed_partial_is_an_interrupted_write_recomputed(pristine, tmp_pa
     assert list(PredictionStore.open(copy).partials("gram")) == [(0, 2500)] and PredictionStore.verify(copy).ok
 
 
-def test_predict_replaces_a_store_whose_metadata_fails_its_check(pristine, tmp_path):
+@pytest.mark.parametrize("case", ["n_frames", "logits dtype", "zarr.json truncated"])
+def test_predict_replaces_a_store_whose_metadata_fails_its_check(pristine, tmp_path, case):
     uri, expected = pristine
     copy = fresh(uri, tmp_path, "replaced")
-    attribute("n_frames", 2000)(copy)
+    METADATA[case][0](copy)
     store = PredictionStore.resume_or_create(copy, N, ANNOTATORS, CLASSES, 4, 2, CONFIG, ATTRS)
     assert store.missing_ranges() == [(0, N)]
     for start, stop in store.pending_chunks():
