@@ -24,9 +24,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import google_crc32c
 import numpy as np
 import zarr
+
+# the read-path check: the same CRC32C as Zarr's codec (google_crc32c), 3-4x faster here
+from crc32c import crc32c as _crc32c
 from zarr.abc.codec import BytesBytesCodec
 from zarr.abc.store import ByteRequest
 from zarr.codecs import Crc32cCodec
@@ -39,12 +41,25 @@ from storage.results.verify import ArrayReport, DamagedFile
 
 zarr.config.set({"array.write_empty_chunks": True})  # every chunk on disk: an absent one is damage
 
+
+class TrustingCrc32c(Crc32cCodec):
+    """Zarr's `crc32c` codec, without a second CRC pass over a chunk `CheckedStore` already checked."""
+
+    def _decode_sync(self, chunk_bytes: Buffer, chunk_spec: Any) -> Buffer:
+        if getattr(chunk_bytes, "_annostyle_checked", False):
+            return chunk_spec.prototype.buffer.from_array_like(chunk_bytes.as_numpy_array()[:-4])
+        return super()._decode_sync(chunk_bytes, chunk_spec)
+
+
+zarr.registry.register_codec("crc32c", TrustingCrc32c)
+zarr.config.set({"codecs.crc32c": f"{__name__}.TrustingCrc32c"})
+
 DIGEST = "digest"
 
 
 def compressors(codec: BytesBytesCodec | None = None) -> list[BytesBytesCodec]:
     """The bytes-to-bytes codec chain of every array: `codec` (if any), then a CRC32C of the result."""
-    return [codec, Crc32cCodec()] if codec is not None else [Crc32cCodec()]
+    return [codec, TrustingCrc32c()] if codec is not None else [TrustingCrc32c()]
 
 
 def chunk_array(key: str) -> str | None:
@@ -67,7 +82,7 @@ def check_chunk(data: np.ndarray | bytes | None, file: str, array: str) -> None:
         raise DamagedStore(file, array, f"{len(data)} bytes", "a chunk file is truncated (shorter than its checksum)")
     view = np.frombuffer(data, np.uint8) if isinstance(data, bytes) else data
     stored = bytes(view[-4:])
-    computed = np.uint32(google_crc32c.value(view[:-4])).tobytes()
+    computed = np.uint32(_crc32c(view[:-4])).tobytes()
     if stored != computed:
         raise DamagedStore(file, array, "checksum mismatch",
                            "a chunk file fails its CRC32C checksum (flipped bytes or truncated)")
@@ -101,6 +116,7 @@ class CheckedStore(WrapperStore[Any]):
         if value is None and self.mode.lenient:
             return None
         check_chunk(None if value is None else value.as_numpy_array(), self.file(key), array)
+        value._annostyle_checked = True  # TrustingCrc32c: no second pass
         return value
 
 

@@ -27,6 +27,7 @@ from conftest import CONFIGS, make_batch
 from configs.schema import StoreConfig, load_config
 from errors import InputError
 from storage.dataset_store import DatasetStore, open_or_create
+from storage.integrity import lenient, seal
 from storage.layout import RootLayout
 from storage.location import remove_store
 from storage.prediction_store import PredictionStore
@@ -124,11 +125,13 @@ def test_dataset_store_versions_appends_and_recovery_on_s3(s3):
     np.testing.assert_array_equal(old.read_labels(), first.labels)
 
     # an append that died half way (arrays grown, marker set, no commit) reads as before and is rolled back
+    # (marker first and sealed, as the real writer does: an unsealed edit would be damage)
     group = DatasetStore.open(uri, mode="r+").group
     attrs = dict(group.attrs)
-    group["labels"].resize((9, 3))
-    group["labels"][7:9] = 1
-    group.attrs.put({**attrs, "pending": {"batch": 2, "hash": "crashed", "history": False}})
+    group.attrs.put(seal({**attrs, "pending": {"batch": 2, "hash": "crashed", "history": False}}))
+    with lenient(group):
+        group["labels"].resize((9, 3))
+        group["labels"][7:9] = 1
     assert DatasetStore.open(uri).n_frames == 7
     third = make_batch(["s3"], [1], ["A"], [2], seed=5)
     assert DatasetStore.open(uri, mode="r+").append(third).status == "appended"
