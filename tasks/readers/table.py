@@ -140,7 +140,9 @@ def read_frame(path: Path, fmt: str | None, key: str, text_columns: Sequence[str
         with open_input(path, "path" if key == "format" else key, MAX_TABLE_BYTES) as file:
             if fmt == "parquet":
                 return pd.read_parquet(file)
-            return pd.read_csv(file, sep="\t" if fmt == "tsv" else ",", dtype=dict.fromkeys(text_columns, str))
+            # only an empty cell is missing: "NaN", "null" or "N/A" are labels or ids as written
+            return pd.read_csv(file, sep="\t" if fmt == "tsv" else ",", dtype=dict.fromkeys(text_columns, str),
+                               keep_default_na=False, na_values=[""])
     except pd.errors.EmptyDataError as err:
         raise InputError(path, None, 0, "empty file: no header and no rows") from err
     except InputError:
