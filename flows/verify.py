@@ -23,11 +23,9 @@ def _verify_predictions(uri: str) -> StoreReport | None:
     """The prediction store's report (its `verify`), or None when there is no prediction store."""
     from storage.prediction_store import PredictionStore
 
-    verify = getattr(PredictionStore, "verify", None)
-    if verify is None or not PredictionStore.exists(uri):
+    if not PredictionStore.exists(uri):
         return None
-    report: StoreReport = verify(uri)
-    return report
+    return PredictionStore.verify(uri)
 
 
 def verify(config_path: str | Path, root: str | Path) -> VerifyResult:
