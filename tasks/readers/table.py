@@ -127,10 +127,13 @@ def read_table(
     )
 
 
-def read_frame(path: Path, fmt: str | None, key: str, text_columns: Sequence[str] = ()) -> pd.DataFrame:
+def read_frame(path: Path, fmt: str | None, key: str, text_columns: Sequence[str] = (),
+               numbers: bool = False) -> pd.DataFrame:
     """Read a CSV, TSV or Parquet file into a DataFrame; `text_columns` are read as text (ids).
 
     The format is `fmt` or, when None, the file suffix; `key` names the config key for errors.
+    Only an empty cell is missing ("NaN", "null" or "N/A" are labels or ids as written), unless
+    `numbers` (a feature table), where pandas' usual NaN spellings are NaN.
     """
     fmt = fmt or _SUFFIX_FORMATS.get(path.suffix.lower())
     if fmt is None:
@@ -140,9 +143,8 @@ def read_frame(path: Path, fmt: str | None, key: str, text_columns: Sequence[str
         with open_input(path, "path" if key == "format" else key, MAX_TABLE_BYTES) as file:
             if fmt == "parquet":
                 return pd.read_parquet(file)
-            # only an empty cell is missing: "NaN", "null" or "N/A" are labels or ids as written
             return pd.read_csv(file, sep="\t" if fmt == "tsv" else ",", dtype=dict.fromkeys(text_columns, str),
-                               keep_default_na=False, na_values=[""])
+                               keep_default_na=numbers, na_values=None if numbers else [""])
     except pd.errors.EmptyDataError as err:
         raise InputError(path, None, 0, "empty file: no header and no rows") from err
     except InputError:
@@ -304,7 +306,7 @@ def _npy_rows(path: Path) -> tuple[np.ndarray, list[str]]:
 def _table_rows(path: Path, src: TableSource) -> tuple[np.ndarray, list[str]]:
     """A feature table keyed by item id: numeric columns as float32 rows, and the row ids."""
     key = src.features_item_column or src.item_column
-    frame = read_frame(path, None, "features", text_columns=[key])
+    frame = read_frame(path, None, "features", text_columns=[key], numbers=True)
     require_columns(path, list(frame.columns), {"features_item_column": key})
     codes, names = encode_names(frame[key])
     _no_gaps(path, key, codes)
