@@ -82,7 +82,7 @@ def check_chunk(data: np.ndarray | bytes | None, file: str, array: str) -> None:
         raise DamagedStore(file, array, f"{len(data)} bytes", "a chunk file is truncated (shorter than its checksum)")
     view = np.frombuffer(data, np.uint8) if isinstance(data, bytes) else data
     stored = bytes(view[-4:])
-    computed = np.uint32(_crc32c(memoryview(view[:-4]))).tobytes()
+    computed = np.uint32(_crc32c(view[:-4].data)).tobytes()
     if stored != computed:
         raise DamagedStore(file, array, "checksum mismatch",
                            "a chunk file fails its CRC32C checksum (flipped bytes or truncated)")
