@@ -13,7 +13,7 @@ DEFAULT_ROOT = Path(".annostyle")
 
 
 def apply_defaults(root: Path) -> None:
-    """Keep Prefect's, Matplotlib's and Dask's state under the root and quiet their noise.
+    """Keep Prefect's, Matplotlib's, Dask's and Numba's state under the root and quiet their noise.
 
     Values already in the environment win, so a Prefect server or an MLflow tracking server
     given there is used as it is.
@@ -30,6 +30,7 @@ def apply_defaults(root: Path) -> None:
         "DO_NOT_TRACK": "true",
         "MPLCONFIGDIR": str(layout.matplotlib_dir),
         "DASK_TEMPORARY_DIRECTORY": str(layout.dask_dir),
+        "NUMBA_CACHE_DIR": str(layout.numba_cache_dir),  # read when numba is first imported
         "DASK_LOGGING__DISTRIBUTED": "warning",
         "GIT_PYTHON_REFRESH": "quiet",
     }

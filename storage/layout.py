@@ -12,6 +12,7 @@
       exports/<name>/npz/           the MABe notebook's npz layout
       cache/keys, cache/results     the pipeline's stage cache (Prefect's persisted results)
       cache/matplotlib, cache/dask  library scratch space
+      cache/numba                   Numba's compiled kernels (NUMBA_CACHE_DIR)
       prefect/                      PREFECT_HOME
       watch/<name>.json             the watcher's ledger
       mlflow.db, mlartifacts/       the MLflow tracking store and its artifacts
@@ -93,6 +94,11 @@ class RootLayout:
     @property
     def dask_dir(self) -> Path:
         return self.cache_dir / "dask"
+
+    @property
+    def numba_cache_dir(self) -> Path:
+        """NUMBA_CACHE_DIR: kernels compiled once per root, not once per process (umap-learn's, ours)."""
+        return self.cache_dir / "numba"
 
     @property
     def prefect_home(self) -> Path:

@@ -133,7 +133,7 @@ def analyze_predictions(name: str, store: PredictionStore, dataset: DatasetStore
         if cfg.figures:
             figures.save(figures.dendrograms({f"predictions ({cfg.metric}, {primary})": trees.trees[primary],
                                               f"annotator embeddings (euclidean, {primary})": emb_tree},
-                                             annotators, truth), out / "figures" / "dendrograms.png")
+                                             annotators, truth), out / "figures" / "dendrograms.png", crop=False)
             figures.save(figures.clustermap(table, annotators, "learned annotator embeddings", primary,
                                             value_label="weight"),
                          out / "figures" / "embedding_clustermap.png")
@@ -151,7 +151,7 @@ def analyze_predictions(name: str, store: PredictionStore, dataset: DatasetStore
 
 
 def _item_level(store: PredictionStore, dataset: DatasetStore, cfg: AnalyzeConfig, out: Path) -> ItemLevelSummary:
-    from tasks.projections import LabelSource, item_level, sample_frames
+    from tasks.projections import LabelSource, Projection, item_level, sample_frames
 
     frames = sample_frames(store.n_frames, store.chunk_frames, cfg.projection_sample, cfg.seed)
     gold = _gold_at(dataset, frames, store.chunk_frames)
@@ -163,17 +163,18 @@ def _item_level(store: PredictionStore, dataset: DatasetStore, cfg: AnalyzeConfi
         consensus = store.consensus.get_orthogonal_selection((frames,))
         labels, source = np.argmax(consensus, axis=1).astype(np.int64), "consensus"
     embeddings = np.asarray(store.embeddings.get_orthogonal_selection((frames,)))
-    methods = ["pca", *(["tsne"] if cfg.tsne else []), *(["umap"] if cfg.umap else [])]
+    methods = [Projection("pca"), *([Projection("tsne", cfg.tsne_sample)] if cfg.tsne else []),
+               *([Projection("umap", cfg.umap_sample)] if cfg.umap else [])]
     result = item_level(embeddings, labels, frames, source, methods, cfg.rsm_sample, cfg.seed)
     names = store.class_names
     if cfg.figures:
         figures.save(figures.projection_grid(result.coords, labels, names,
                                              f"encoder embeddings of {len(frames)} frames, coloured by {source}"),
-                     out / "figures" / "projections.png")
+                     out / "figures" / "projections.png", crop=False)
         assert result.rsm is not None and result.rsm_labels is not None  # item_level always makes them
         figures.save(figures.rsm_figure(result.rsm, result.rsm_labels, names,
                                         f"cosine similarity of {len(result.rsm_labels)} frames, sorted by {source}"),
-                     out / "figures" / "rsm.png")
+                     out / "figures" / "rsm.png", crop=False)
     columns = {"frame": frames, "label": labels} | {f"{k}_{i}": v[:, i] for k, v in result.coords.items() for i in (0, 1)}
     _write_columns(out / "projections.csv", columns)
     return result.report()
@@ -221,14 +222,14 @@ def analyze_labels(name: str, dataset: DatasetStore, cfg: AnalyzeConfig, out: Pa
         "overlap": [p[2] for p in report.low_overlap_pairs]})
     if cfg.figures:
         shown = {f"labels ({cfg.label_distance}, {m})": trees.trees[m] for m in cfg.linkage[:2]}
-        figures.save(figures.dendrograms(shown, annotators, truth), out / "figures" / "dendrograms.png")
+        figures.save(figures.dendrograms(shown, annotators, truth), out / "figures" / "dendrograms.png", crop=False)
         figures.save(figures.clustermap(dist.matrix, annotators, f"{label}, annotators ordered by "
                                         f"{cfg.linkage[0]} linkage", cfg.linkage[0], square_distances=True,
                                         value_label=cfg.label_distance),
                      out / "figures" / "distance_clustermap.png")
         figures.save(figures.distance_heatmap(np.log10(1 + dist.overlap), annotators,
                                               "shared labelled items per pair", label="log10(1 + items)"),
-                     out / "figures" / "overlap_heatmap.png")
+                     out / "figures" / "overlap_heatmap.png", crop=False)
     result = trees.result(name, "labels", cfg.label_distance,
                           LabelCounts(seconds=round(seconds, 3), n_frames=dataset.n_frames),
                           Stores(dataset=StoreRef(uri=dataset.uri, version=dataset.version), predictions=None),
@@ -281,7 +282,7 @@ def _trees(matrix: np.ndarray, annotators: list[str], cfg: AnalyzeConfig, truth:
     if cfg.figures:
         leaves = _leaves(trees[primary])
         figures.save(figures.distance_heatmap(matrix, annotators, f"{title}; rows in {primary} tree order", leaves),
-                     out / "figures" / "distance_heatmap.png")
+                     out / "figures" / "distance_heatmap.png", crop=False)
     return _Trees(annotators, matrix, primary, trees, by_method,
                   {m: clustering.tree_fit(z, matrix) for m, z in trees.items()}, ari)
 
@@ -306,6 +307,8 @@ def _write_columns(path: Path, columns: Mapping[str, np.ndarray | Sequence[str |
 
 
 def _csv(value: object) -> str:
+    if isinstance(value, float) and not np.isfinite(value):
+        return ""  # e.g. a frame outside a projection's sub-sample
     text = str(value)
     return f'"{text.replace(chr(34), chr(34) * 2)}"' if any(c in text for c in ',"\n') else text
 

@@ -42,7 +42,7 @@ def demo_config(folder: Path) -> Path:
     path.write_text(textwrap.dedent("""\
         name: demo
         source: {kind: demo, size: demo, seed: 0, n_sequences: 6, sequence_length: 200, n_annotators: 8}
-        analyze: {umap: false, projection_sample: 300, rsm_sample: 100}
+        analyze: {tsne: true, tsne_sample: 200, projection_sample: 300, rsm_sample: 100}
         """))
     return path
 
@@ -91,6 +91,11 @@ def test_demo_predictions_recover_the_style_groups_and_everything_is_recorded(pr
     assert summary.embeddings.comparison.moved["3"] == []
     assert summary.cophenetic_correlation > 0.5
     assert summary.item_level.label_source == "gold" and "kmeans_tsne_scaled" in summary.item_level.purity
+    # t-SNE (opt-in here) on its own sub-sample; UMAP off by default; each view timed
+    n_items = summary.item_level.n_frames
+    assert summary.item_level.samples == {"pca": n_items, "tsne": min(200, n_items)} and n_items > 200
+    assert {"kmeans", "pca", "tsne", "rsm"} == set(summary.item_level.seconds)
+    assert all(s >= 0 for s in summary.item_level.seconds.values())
     assert [list(r) for r in summary.distances.partials_computed] == [[0, 1200]]
 
     client = mlflow_client(root)

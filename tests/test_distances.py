@@ -217,3 +217,20 @@ def test_store_distances_on_worker_processes_match_threads(tmp_path):
                       dashboard_address="127.0.0.1:0") as cluster, dask_scheduler(cluster.scheduler_address) as kwargs:
         remote = store_distances(store, "euclidean", kwargs, keep_partials=False)
     assert np.max(np.abs(remote.matrix - local.matrix)) <= 1e-12 * np.max(local.matrix)
+
+
+def test_chunk_reader_reads_what_zarr_reads_and_travels_by_uri(tmp_path):
+    import pickle
+
+    from storage.prediction_store import ChunkReader
+
+    store = fill_store(tmp_path / "p.zarr", LOGITS[:2500], GROUPS, chunk_frames=1000)
+    reader = ChunkReader(store)
+    for index, (start, stop) in enumerate([(0, 1000), (1000, 2000), (2000, 2500)]):
+        block = reader.read(index)
+        assert block.shape == (stop - start, len(GROUPS), LOGITS.shape[2])
+        assert np.array_equal(block, np.asarray(store.logits[start:stop]))
+    again = pickle.loads(pickle.dumps(reader))  # what a Dask worker process gets
+    assert np.array_equal(again.read(2), np.asarray(store.logits[2000:2500]))
+    with pytest.raises(IndexError):
+        reader.read(3)

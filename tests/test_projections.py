@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tasks.projections import cosine_rsm, item_level, purity, sample_frames
+from tasks.projections import Projection, cosine_rsm, item_level, purity, sample_frames
 
 
 def blobs(n: int, n_labels: int = 3, dim: int = 12, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -55,3 +55,20 @@ def test_umap_projection():
     x, labels = blobs(300, seed=2)
     result = item_level(x, labels, np.arange(300), "consensus", ["umap"], rsm_size=50, seed=0)
     assert result.coords["umap_scaled"].shape == (300, 2) and result.purity["kmeans_umap_scaled"] > 0.9
+    # umap-learn's kernels (compiled without cache=True) now cache on disk
+    import umap.umap_
+    from numba.core.caching import NullCache
+
+    assert not isinstance(umap.umap_.smooth_knn_dist._cache, NullCache)
+
+
+def test_a_projection_on_a_sub_sample_leaves_the_other_rows_nan_and_is_timed():
+    x, labels = blobs(300, seed=4)
+    result = item_level(x, labels, np.arange(300), "gold", ["pca", Projection("tsne", 120)], rsm_size=50, seed=0)
+    tsne = result.coords["tsne_scaled"]
+    assert tsne.shape == (300, 2) and int(np.isfinite(tsne[:, 0]).sum()) == 120
+    assert np.isfinite(result.coords["pca_raw"]).all()
+    assert result.samples == {"pca": 300, "tsne": 120}
+    assert result.purity["kmeans_tsne_scaled"] > 0.9  # judged on the 120 projected rows only
+    report = result.report()
+    assert set(report.seconds) == {"kmeans", "pca", "tsne", "rsm"} and report.samples == result.samples

@@ -102,6 +102,8 @@ class ItemLevelSummary(ResultModel):
     purity: dict[str, Number]
     rsm: dict[str, Number]  # within, between, difference
     projections: list[str]
+    seconds: dict[str, float] = {}  # each view's time: kmeans, pca, tsne, umap (raw and scaled), rsm
+    samples: dict[str, int] = {}  # frames each projection method ran on (t-SNE and UMAP: a sub-sample)
 
 
 class StoreRef(ResultModel):
