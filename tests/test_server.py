@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import urllib.request
 from pathlib import Path
 
@@ -100,3 +101,28 @@ def test_one_server_per_root_reused_replaced_when_stale_and_stopped(tmp_path: Pa
         done = annostyle("server", "stop", "--root", str(root))
         assert done.returncode == 0, done.stderr
     assert not alive(outs[0]["pid"]) and not layout.server_state.exists()
+
+
+@pytest.mark.slow
+def test_a_server_with_an_idle_limit_stops_itself_once_no_command_holds_it(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    layout = RootLayout(root)
+    started = server_json("start", "--root", str(root), "--idle-minutes", "0.05")  # 3 s
+    try:
+        assert started["status"] == "started" and started["idle_minutes"] == 0.05
+        holder = subprocess.Popen(  # a command using the server holds the users lock: no stop meanwhile
+            [sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1], 'a'); "
+             "fcntl.flock(f, fcntl.LOCK_SH); print('held', flush=True); time.sleep(8)", str(layout.server_users)],
+            stdout=subprocess.PIPE, text=True)
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        time.sleep(6)
+        assert alive(started["pid"]) and answers(started["api_url"])
+        holder.wait(30)
+        deadline = time.monotonic() + 60
+        while alive(started["pid"]) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not alive(started["pid"]), "the idle server should have stopped itself"
+        assert not layout.server_state.exists()
+        assert server_json("status", "--root", str(root))["status"] == "not running"
+    finally:
+        annostyle("server", "stop", "--root", str(root))
