@@ -21,8 +21,7 @@ setup: $(STAMP)
 # representation probe of its encoders (reuses the trained model), which prints its table last
 REAL := bluebirds rte temp wsd dreem
 demo: setup
-	for c in $(REAL); do $(VENV)/bin/annostyle run configs/$$c.yaml --root $(ROOT) || exit 1; done
-	$(VENV)/bin/annostyle run configs/demo.yaml --root $(ROOT)
+	$(VENV)/bin/annostyle run $(REAL:%=configs/%.yaml) configs/demo.yaml --root $(ROOT)
 	$(VENV)/bin/annostyle probe configs/demo.yaml --root $(ROOT)
 
 # the default run skips tests marked slow (each of those starts servers, trains or runs a whole
@@ -45,6 +44,7 @@ bench: setup
 	$(PY) benchmarks/train.py
 	$(PY) benchmarks/distances.py
 	$(PY) benchmarks/reprocess.py
+	$(PY) benchmarks/startup.py
 
 # the README's figure, made by the demo pipeline
 figure: docs/demo_distance_heatmap.png

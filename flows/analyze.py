@@ -10,13 +10,21 @@ from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from configs.schema import load_config
+from configs.schema import PipelineConfig, load_config
 from flows.retry import retry_unless_bad_input
 from storage.layout import RootLayout
 from storage.results.analyze import AnalysisResult
 from storage.tracking.analyze import record_analysis, run_link
-from tasks.analyze import analyze, summary_markdown
 from tasks.clustering import cluster_members
+
+
+def analyze(config: PipelineConfig, layout: RootLayout, scheduler: str | None = None) -> AnalysisResult:
+    """`tasks.analyze.analyze`, imported when the stage runs (it imports Matplotlib and the
+    distance code), so a pipeline whose analysis is reused never loads them."""
+    from tasks.analyze import analyze as analyze_stores
+
+    return analyze_stores(config, layout, scheduler)
+
 
 analyze_task = task(name="analyze", retries=1, retry_delay_seconds=[2.0], retry_condition_fn=retry_unless_bad_input,
                     cache_policy=NO_CACHE)(analyze)
@@ -50,6 +58,8 @@ def publish_clusters(result: AnalysisResult, run_id: str | None = None) -> None:
     result.mlflow_link = link = run_link(run_id)
     dataset = result.dataset
     key = re.sub(r"[^a-z0-9-]+", "-", dataset.lower()).strip("-") or "dataset"
+    from tasks.analyze import summary_markdown
+
     create_markdown_artifact(markdown=summary_markdown(result, link),
                              key=f"analyze-{key}", description=f"annotator clusters of {dataset}")
     rows = [{"annotator": a, **{f"k={k}": result.clusters[k][a] for k in result.clusters},

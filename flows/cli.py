@@ -2,23 +2,29 @@
 
 Each subcommand lives in a flow module that defines `cli_run(args)`, which returns a typed
 result (a `storage.results.StageResult`), and `cli_print(result)`; its extra options are declared here, so that `--help` stays fast and
-Prefect loads only after the root's settings are in place. Logs go to stderr; with `--json` the last
-line of stdout is one JSON object. Exit codes: 0 done, 2 bad input (config, data,
-arguments), 1 anything else.
+Prefect loads only after the root's settings are in place. Commands that run flows use the root's
+shared Prefect server (`flows.server`: started by the first, reused by the rest) unless
+PREFECT_API_URL names one. Logs go to stderr; with `--json` the last line of stdout is one JSON
+object. Exit codes: 0 done, 2 bad input (config, data, arguments), 1 anything else.
 """
 
 from __future__ import annotations
 
 import argparse
+import atexit
+import contextlib
 import importlib
 import json
+import logging
+import os
 import sys
 from pathlib import Path
 
 from flows.settings import DEFAULT_ROOT, apply_defaults, setup_logging
 
 COMMANDS: dict[str, tuple[str, str]] = {
-    "run": ("flows.pipeline", "the whole pipeline: ingest, train, predict, analyze (cached stages skip)"),
+    "run": ("flows.run", "the whole pipeline: ingest, train, predict, analyze (cached stages skip); several "
+                         "configs run in one process and one Prefect flow, one MLflow parent run each"),
     "ingest": ("flows.ingest", "ingest a config's source into its versioned dataset store"),
     "reprocess": ("flows.reprocess", "append a new annotation batch and recompute only what it changes"),
     "train": ("flows.train", "train the annotator-style models on an ingested dataset"),
@@ -27,7 +33,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "probe": ("flows.probe", "how much behaviour and annotator identity encoders hold: SimCLR pretraining, "
                              "linear probes and mutual-information bounds against raw, random and supervised"),
     "serve": ("flows.serve", "serve the pipeline on a cron schedule and reprocess each new batch in a watched "
-                             "folder (needs a Prefect server: PREFECT_API_URL)"),
+                             "folder (needs a Prefect server: the root's, see `server`, or PREFECT_API_URL)"),
     "deploy": ("flows.serve", "create the pipeline and reprocess deployments on a process work pool, for "
                               "`prefect worker start --pool POOL` (needs a Prefect server)"),
     "watch": ("flows.serve", "watch a folder and start one reprocess run per new batch on the deployments "
@@ -36,8 +42,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "ui": ("flows.ui", "start the MLflow UI on 127.0.0.1 for the root's tracking store (Ctrl-C stops it)"),
     "verify": ("flows.verify", "check every chunk and metadata file of the dataset and prediction stores; "
                                "list what is damaged (exit 2 when anything is)"),
+    "server": ("flows.server", "start, stop or show the root's shared Prefect server (API and UI on 127.0.0.1), "
+                               "which every command uses instead of booting a temporary one"),
 }
-NO_CONFIG = {"runs", "ui"}  # these read the root's tracking store, not a config
+NO_CONFIG = {"runs", "ui", "server"}  # these read the root's tracking store or manage its server, not a config
+FLOW_COMMANDS = {"run", "ingest", "reprocess", "train", "predict", "analyze", "probe"}  # run Prefect flows
+NEEDS_SERVER = {"serve", "deploy", "watch"}  # use the root's server when it answers; never start one
 
 SCHEDULER = (("--scheduler",), {"metavar": "ADDRESS", "default": None,
                                 "help": "Dask scheduler address (default: the config's, else local threads)"})
@@ -67,6 +77,11 @@ EXTRA_ARGS: dict[str, list[tuple[tuple[str, ...], dict]]] = {
              (("--limit",), {"type": int, "default": 20, "help": "how many recent runs to list (default 20)"}),
              (("--dataset",), {"metavar": "NAME", "help": "only this dataset's runs"})],
     "ui": [(("--port",), {"type": int, "default": 5000, "help": "port on 127.0.0.1 (default 5000)"})],
+    "server": [(("action",), {"nargs": "?", "choices": ["start", "stop", "status"], "default": "status",
+                              "help": "start (or reuse) the server, stop it, or show it (default: status)"}),
+               (("--idle-minutes",), {"type": float, "metavar": "N", "default": None,
+                                      "help": "with start: stop after N minutes with no command using it "
+                                              "(default 0: stay until `annostyle server stop`)"})],
 }
 
 
@@ -75,7 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (module, help_text) in COMMANDS.items():
         cmd = sub.add_parser(name, help=help_text, description=help_text)
-        if name not in NO_CONFIG:
+        if name == "run":
+            cmd.add_argument("configs", nargs="+", metavar="CONFIG",
+                             help="pipeline configs (YAML), e.g. configs/demo.yaml; several run one after another")
+        elif name not in NO_CONFIG:
             cmd.add_argument("config", help="pipeline config (YAML), e.g. configs/demo.yaml")
         cmd.add_argument("--root", type=Path, default=DEFAULT_ROOT,
                          help=f"folder for every store and the MLflow store (default: {DEFAULT_ROOT})")
@@ -86,7 +104,45 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _prefect_api(args: argparse.Namespace) -> contextlib.AbstractContextManager[object]:
+    """Flow commands use the root's shared Prefect server (flows.server), started if need be;
+    `serve`, `deploy` and `watch` use it only when it already answers."""
+    if args.command not in FLOW_COMMANDS | NEEDS_SERVER:
+        return contextlib.nullcontext()
+    from flows.server import connected
+    from storage.layout import RootLayout
+
+    return connected(RootLayout(args.root), start=args.command in FLOW_COMMANDS)
+
+
+_EXIT: dict[str, int] = {}  # the exit code, once `main` has returned one
+
+
+def _exit_without_teardown() -> None:
+    """Last at exit of the `annostyle` process: flush, then end it without the interpreter's
+    teardown of every imported module (3-8 s on 2 cores once Prefect, MLflow and scikit-learn are
+    loaded; nothing of ours is left to write by then: Prefect's workers drained before atexit).
+    An uncaught exception or Ctrl-C (no code recorded) takes the normal way out."""
+    code = _EXIT.get("code")
+    if code is None:
+        return
+    logging.shutdown()  # registered before this handler, so it would run after it
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """The command line; `argv` None means this process is the `annostyle` command itself."""
+    if argv is None:
+        atexit.register(_exit_without_teardown)
+    code = _main(argv)
+    _EXIT["code"] = code
+    return code
+
+
+def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     apply_defaults(args.root)
     setup_logging()
@@ -95,10 +151,11 @@ def main(argv: list[str] | None = None) -> int:
     from storage.results import StageResult
 
     try:
-        if args.command not in NO_CONFIG:
-            load_config(args.config)  # a bad config fails here, before any flow run starts
+        for config in getattr(args, "configs", None) or ([args.config] if args.command not in NO_CONFIG else []):
+            load_config(config)  # a bad config fails here, before any server or flow run starts
         module = importlib.import_module(args.module)
-        result: StageResult = module.cli_run(args)
+        with _prefect_api(args):
+            result: StageResult = module.cli_run(args)
     except InputError as err:
         print(f"annostyle: error: {err}", file=sys.stderr)
         return 2

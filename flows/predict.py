@@ -4,15 +4,24 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from configs.schema import load_config
+from configs.schema import PipelineConfig, load_config
 from storage.layout import RootLayout
 from storage.results.predict import PredictResult
 from storage.tracking.predict import record_predict
-from tasks.predict import predict
+
+
+def predict(config: PipelineConfig, layout: RootLayout, **options: Any) -> PredictResult:
+    """`tasks.predict.predict`, imported when the stage runs: it imports torch, which a
+    label-only pipeline (no predict stage) never needs."""
+    from tasks.predict import predict as predict_with_model
+
+    return predict_with_model(config, layout, **options)
+
 
 predict_task = task(name="predict", retries=2, retry_delay_seconds=[2.0, 10.0], cache_policy=NO_CACHE)(predict)
 """Prefect task; a retry resumes from the chunks already written."""

@@ -18,8 +18,9 @@ what the watcher's ledger records.
 Ctrl-C or SIGTERM stops it: a run in flight is cancelled (its batch is retried on the next start)
 and the deployments' schedules are paused until they are served again.
 
-Schedules never fire on Prefect's ephemeral API, so serving needs a running Prefect server:
-`prefect server start --host 127.0.0.1` and `PREFECT_API_URL=http://127.0.0.1:4200/api`.
+Schedules never fire on Prefect's ephemeral API, so serving needs a running Prefect server: the
+root's shared one (`annostyle server start`, flows.server), which the command line finds by
+itself, or `prefect server start --host 127.0.0.1` and `PREFECT_API_URL=http://127.0.0.1:4200/api`.
 
 For a work pool instead of `serve` (flows run by `prefect worker start`):
     annostyle deploy CONFIG --pool POOL [--cron EXPR] [--root DIR]
@@ -56,7 +57,8 @@ DEFAULT_INTERVAL = 10.0
 HEARTBEAT_ENV = "PREFECT_FLOWS_HEARTBEAT_FREQUENCY"
 DEFAULT_HEARTBEAT = 30  # seconds between a flow run's heartbeats (Prefect's default: 180, minimum: 30)
 NEEDS_SERVER = ("schedules never fire on Prefect's ephemeral API, so `annostyle serve` needs a running "
-                "Prefect server: start one with `prefect server start --host 127.0.0.1` and set "
+                "Prefect server: start the root's with `annostyle server start --root ROOT` (then it is "
+                "found by itself), or start one with `prefect server start --host 127.0.0.1` and set "
                 "PREFECT_API_URL=http://127.0.0.1:4200/api")
 
 

@@ -7,8 +7,6 @@ import os
 import sys
 from pathlib import Path
 
-from storage.layout import RootLayout
-
 DEFAULT_ROOT = Path(".annostyle")
 
 
@@ -18,6 +16,8 @@ def apply_defaults(root: Path) -> None:
     Values already in the environment win, so a Prefect server or an MLflow tracking server
     given there is used as it is.
     """
+    from storage.layout import RootLayout  # here, not at the top: `annostyle --help` stays fast
+
     layout = RootLayout(root)
     defaults = {
         "PREFECT_HOME": str(layout.prefect_home),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
+from typing import Any
 
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
@@ -17,14 +18,30 @@ from configs.schema import PipelineConfig, load_config
 from flows.retry import retry_unless_bad_input
 from storage.dataset_store import DatasetStore
 from storage.layout import RootLayout
-from storage.model_store import RunFolder
-from storage.results.train import AggregatorMetrics, EpochMetrics, TrainResult
-from storage.tracking.train import record_train
-from tasks.finetune import finetune_new_annotators
-from tasks.train import train_key, train_model
-from tasks.train_figures import train_artifacts
+from storage.results.train import AggregatorMetrics, EpochMetrics, FinetuneResult, TrainResult
+from tasks.label_only import label_only_result
 
 log = logging.getLogger(__name__)
+
+
+def train_model(config: PipelineConfig, layout: RootLayout) -> TrainResult:
+    """`tasks.train.train_model`; a label-only store goes straight to its aggregators, so that
+    it never imports torch (tasks.train does)."""
+    store = DatasetStore.open(layout.dataset_uri(config.name))
+    if store.n_frames and not store.has_features:
+        return label_only_result(config, store)
+    from tasks.train import train_model as train_with_torch
+
+    return train_with_torch(config, layout)
+
+
+def finetune_new_annotators(config: PipelineConfig, layout: RootLayout, model_dir: Path, store: DatasetStore,
+                            **options: Any) -> FinetuneResult:
+    """`tasks.finetune.finetune_new_annotators`, imported when it runs (it imports torch)."""
+    from tasks.finetune import finetune_new_annotators as finetune
+
+    return finetune(config, layout, model_dir, store, **options)
+
 
 train_task = task(name="train", retries=1, retry_delay_seconds=[2], cache_policy=NO_CACHE,
                   retry_condition_fn=retry_unless_bad_input)(train_model)
@@ -46,6 +63,13 @@ def record_training(layout: RootLayout, config: PipelineConfig, result: TrainRes
                     config_path: Path | None = None) -> TrainResult:
     """Record a training in MLflow (its figures and model made here, in tasks); the result with
     its run ids (`mlflow_run_id`, and `model_run_id` when there is a model)."""
+    from storage.tracking.train import record_train
+
+    if result.model_dir is None:  # label-only: no figures and no network, so no torch to import
+        result.mlflow_run_id = record_train(layout, config, result, config_path=config_path)
+        return result
+    from tasks.train_figures import train_artifacts
+
     artifacts = train_artifacts(result)
     try:
         run_id = record_train(layout, config, result, figures=artifacts.figures, tables=artifacts.tables,
@@ -66,6 +90,9 @@ def train_and_record(config: PipelineConfig, layout: RootLayout, config_path: Pa
 def trained_model(config: PipelineConfig, layout: RootLayout, config_path: Path | None) -> TrainResult:
     """The model this config trains on the store's latest version: the recorded one when it
     exists (same dataset version and train settings), else trained and recorded now."""
+    from storage.model_store import RunFolder
+    from tasks.train import train_key
+
     store = DatasetStore.open(layout.dataset_uri(config.name))
     run = RunFolder(layout.run_dir(config.name, train_key(store.version, config.train)))
     finished = run.finished_model()

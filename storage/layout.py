@@ -13,7 +13,11 @@
       cache/keys, cache/results     the pipeline's stage cache (Prefect's persisted results)
       cache/matplotlib, cache/dask  library scratch space
       cache/numba                   Numba's compiled kernels (NUMBA_CACHE_DIR)
-      prefect/                      PREFECT_HOME
+      prefect/                      PREFECT_HOME (Prefect's SQLite database)
+      prefect/server.json           the root's shared Prefect server: pid, port, URL (flows.server)
+      prefect/server.lock           held while one command starts that server
+      prefect/server.users          a shared lock held by every command using it (idle shutdown)
+      prefect/server.log            its log
       watch/<name>.json             the watcher's ledger
       mlflow.db, mlartifacts/       the MLflow tracking store and its artifacts
       mlflow.db.lock                held while that store's schema is created
@@ -103,6 +107,25 @@ class RootLayout:
     @property
     def prefect_home(self) -> Path:
         return self.root / "prefect"
+
+    @property
+    def server_state(self) -> Path:
+        """The root's shared Prefect server: pid, port and URL, written by the server itself."""
+        return self.prefect_home / "server.json"
+
+    @property
+    def server_lock(self) -> Path:
+        """Held while a command starts the shared server, so two commands never start two."""
+        return self.prefect_home / "server.lock"
+
+    @property
+    def server_users(self) -> Path:
+        """A shared `flock` held by each command that uses the server: how the server knows it is idle."""
+        return self.prefect_home / "server.users"
+
+    @property
+    def server_log(self) -> Path:
+        return self.prefect_home / "server.log"
 
     def watch_ledger(self, name: str) -> Path:
         return self.root / "watch" / f"{name}.json"

@@ -44,7 +44,6 @@ from storage.results.analyze import (
     Stores,
 )
 from tasks import clustering, figures
-from tasks.distances import dask_scheduler, describe_scheduler, store_distances
 from tasks.label_distances import label_distances, store_pair_counts
 
 log = logging.getLogger(__name__)
@@ -101,6 +100,8 @@ def analysed_version(layout: RootLayout, name: str) -> str | None:
 def analyze_predictions(name: str, store: PredictionStore, dataset: DatasetStore, cfg: AnalyzeConfig, out: Path,
                         truth: dict[str, str] | None, address: str | None) -> AnalysisResult:
     """Prediction-based distances, the trees, the embedding tree and the item-level views."""
+    from tasks.distances import dask_scheduler, describe_scheduler, store_distances  # Dask: predictions only
+
     if not store.complete:
         raise InputError(store.uri, "written", store.missing_ranges()[:3],
                          "prediction store is incomplete (rerun `annostyle predict` to resume it)")

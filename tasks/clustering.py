@@ -18,7 +18,6 @@ import numpy as np
 from scipy.cluster.hierarchy import cophenet, fcluster, linkage
 from scipy.optimize import linear_sum_assignment
 from scipy.spatial.distance import pdist, squareform
-from sklearn.metrics import adjusted_rand_score
 
 from storage.results.analyze import TreeComparison, TruthScore
 
@@ -116,6 +115,8 @@ def moved(first: np.ndarray, second: np.ndarray, annotators: Sequence[str]) -> l
 def compare_trees(first: np.ndarray, second: np.ndarray, annotators: Sequence[str],
                   ks: Sequence[int]) -> TreeComparison:
     """How two trees over the same annotators agree: cophenetic correlation, ARI and movers per k."""
+    from sklearn.metrics import adjusted_rand_score  # here: scikit-learn takes a second to import
+
     ari: dict[str, float | None] = {}
     movers: dict[str, list[str]] = {}
     for k in valid_ks(ks, len(annotators)):
@@ -128,6 +129,8 @@ def compare_trees(first: np.ndarray, second: np.ndarray, annotators: Sequence[st
 def ari_vs_truth(linkage_matrix: np.ndarray, annotators: Sequence[str], truth: Mapping[str, str],
                  ks: Sequence[int]) -> TruthScore:
     """Adjusted Rand index of the tree's cuts against known groups, at the true k and per k."""
+    from sklearn.metrics import adjusted_rand_score  # here: scikit-learn takes a second to import
+
     known = [i for i, a in enumerate(annotators) if a in truth]
     groups = [truth[annotators[i]] for i in known]
     true_k = len(set(groups))

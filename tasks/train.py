@@ -45,9 +45,10 @@ from storage.dataset_store import DatasetStore
 from storage.layout import RootLayout
 from storage.model_store import History, ModelSpec, RunFolder, save_model
 from storage.results.train import BestMetrics, EpochMetrics, TrainMetrics, TrainResult
-from tasks.aggregate import CrowdAggregate, accuracy, aggregator_report
+from tasks.aggregate import CrowdAggregate, accuracy
 from tasks.encoders import Encoder, TemporalConvEncoder, build_encoder, context_frames_each_side, resolve_kind
 from tasks.heads import ClassifierHead, build_head, head_spec
+from tasks.label_only import NEEDS_FEATURES, label_only_result  # noqa: F401  (torch-free; re-exported)
 from tasks.loader import (
     ChunkReader,
     Crops,
@@ -63,8 +64,6 @@ log = logging.getLogger(__name__)
 
 MAIN = "model"
 """The annotator model's name among the trainees (the baselines are named after their aggregator)."""
-NEEDS_FEATURES = ("training needs per-frame features and this dataset has labels only; the consensus "
-                  "comes from the crowd-kit aggregators (MV, DS) instead of a model")
 
 
 # --------------------------------------------------------------------------- set-up helpers
@@ -488,17 +487,6 @@ def _fmt(v: float | None) -> str:
 
 
 # --------------------------------------------------------------------------- entry points
-def label_only_result(config: PipelineConfig, store: DatasetStore) -> TrainResult:
-    """No features: no model; the aggregators' consensus against gold instead."""
-    log.warning("%s: %s", config.name, NEEDS_FEATURES)
-    report = aggregator_report(store.read_labels(), store.read_gold(), store.n_classes, store.annotators,
-                               config.train.baselines or ["mv", "ds"])
-    return TrainResult(dataset=config.name, version=store.version, store=store.uri, head=None,
-                       reason=NEEDS_FEATURES, model_run_id=None, model_dir=None, device=None, epochs=0,
-                       annotators=store.annotators, classes=store.classes,
-                       metrics=TrainMetrics(mv=report.get("mv"), ds=report.get("ds")))
-
-
 def train_model(config: PipelineConfig, layout: RootLayout) -> TrainResult:
     """Train on the config's dataset store at its latest version (a rerun resumes its checkpoint)."""
     t_start = time.perf_counter()

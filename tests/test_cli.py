@@ -164,3 +164,41 @@ def test_console_script_prints_json_last_and_exits_nonzero_on_error(prefect_harn
     bad = subprocess.run([exe, "ingest", "configs/nope.yaml", "--root", str(root)],
                          capture_output=True, text=True, env=env, cwd=PROJECT, timeout=300)
     assert bad.returncode == 2 and "nope.yaml" in bad.stderr
+
+
+@pytest.mark.slow
+def test_run_with_several_configs_is_one_process_with_a_parent_run_each(prefect_harness, root, capsys):
+    """`annostyle run A B`: both pipelines in this one call, each with its own MLflow parent run
+    and nested stage runs; the summary lists each dataset."""
+    from flows.run import cli_print
+    from storage.results.multi import MultiPipelineResult
+    from storage.tracking.runs import list_runs
+
+    configs = [str(CONFIGS / "bluebirds.yaml"), str(CONFIGS / "wsd.yaml")]
+    capsys.readouterr()
+    assert run_cli("run", *configs, "--root", str(root), "--json") == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    runs = summary["runs"]
+    assert [r["result"]["dataset"] for r in runs] == ["bluebirds", "wsd"]
+    assert [r["config"] for r in runs] == configs
+    parents = [r["result"]["mlflow_run_id"] for r in runs]
+    assert len(set(parents)) == 2 and all(parents)
+    for r in runs:
+        assert r["result"]["stages"]["ingest"]["status"] == "ran"
+        assert r["result"]["stages"]["analyze"]["status"] == "ran" and r["result"]["clusters"]
+    recorded = {r.run_id: r for r in list_runs(RootLayout(root).local_tracking_uri, limit=10)}
+    assert set(parents) <= set(recorded)
+    assert {recorded[p].dataset for p in parents} == {"bluebirds", "wsd"}
+
+    cli_print(MultiPipelineResult.model_validate(summary))
+    text = capsys.readouterr().out
+    assert "2 datasets in one process and one flow" in text
+    for r in runs:
+        assert r["result"]["mlflow_run_id"] in text and f"pipeline {r['result']['dataset']}" in text
+
+    # a bad config among several fails before anything runs: nothing new is recorded
+    bad = root / "bad.yaml"
+    bad.write_text("name: bad\n")
+    assert run_cli("run", configs[0], str(bad), "--root", str(root)) == 2
+    assert "bad.yaml" in capsys.readouterr().err
+    assert len(list_runs(RootLayout(root).local_tracking_uri, limit=10)) == 2

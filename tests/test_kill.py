@@ -1,8 +1,10 @@
-"""A real process killed with SIGKILL in the middle of an append loses nothing committed."""
+"""A real process killed with SIGKILL in the middle of an append loses nothing committed; a
+killed `annostyle run` leaves no process behind but the root's shared Prefect server."""
 
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -79,3 +81,66 @@ def test_sigkill_mid_append_rolls_back_and_a_retry_completes(tmp_path):
     assert done.n_labels == DatasetStore.open(reference).n_labels
     old = DatasetStore.open(uri, version=version_a)
     np.testing.assert_array_equal(old.read_labels(), labels_a)
+
+
+# ----------------------------------------------------------------------------- a killed command
+def user_env() -> dict[str, str]:
+    """A user's shell: none of the test session's Prefect, MLflow or scratch settings."""
+    drop = ("MPLCONFIGDIR", "DASK_TEMPORARY_DIRECTORY", "MLFLOW_TRACKING_URI")
+    return {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "ANNOSTYLE_")) and k not in drop}
+
+
+def processes_of(root: Path) -> set[int]:
+    """Every live process that names the root in its command line or environment (a command run
+    under it sets PREFECT_HOME=<root>/prefect, which its children inherit)."""
+    marker, found = str(root).encode(), set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            if stat.rsplit(")", 1)[-1].split()[0] in ("Z", "X"):
+                continue
+            if marker in (entry / "cmdline").read_bytes() or marker in (entry / "environ").read_bytes():
+                found.add(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+@pytest.mark.slow
+def test_a_sigkilled_run_leaves_only_the_shared_server_which_server_stop_stops(tmp_path):
+    """A real `annostyle run`, SIGKILLed once its flow is writing the dataset store, leaves no
+    process of ours but the root's documented shared Prefect server; a rerun reuses that server;
+    `annostyle server stop` stops it and nothing of ours is left."""
+    from storage.layout import RootLayout
+
+    project = Path(__file__).resolve().parent.parent
+    root = tmp_path / "root"
+    layout = RootLayout(root)
+    command = [sys.executable, "-m", "flows.cli", "run", str(project / "configs" / "bluebirds.yaml"),
+               "--root", str(root), "--json"]
+    proc = subprocess.Popen(command, cwd=project, env=user_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    store = Path(layout.dataset_uri("bluebirds"))
+    deadline = time.monotonic() + 300
+    while not store.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert proc.poll() is None, proc.stderr.read().decode()[-3000:] if proc.stderr else ""
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    try:
+        state = json.loads(layout.server_state.read_text())
+        time.sleep(1.0)  # anything the command had started has had time to show itself
+        assert processes_of(root) == {state["pid"]}, "only the shared server may outlive a killed command"
+
+        rerun = subprocess.run(command, cwd=project, env=user_env(), capture_output=True, text=True, timeout=600)
+        assert rerun.returncode == 0, rerun.stderr[-3000:]
+        assert json.loads(rerun.stdout.strip().splitlines()[-1])["dataset"] == "bluebirds"
+        assert json.loads(layout.server_state.read_text())["pid"] == state["pid"], "the server was reused"
+        assert processes_of(root) == {state["pid"]}
+    finally:
+        stop = subprocess.run([sys.executable, "-m", "flows.cli", "server", "stop", "--root", str(root)],
+                              cwd=project, env=user_env(), capture_output=True, text=True, timeout=120)
+    assert stop.returncode == 0, stop.stderr
+    assert processes_of(root) == set()

@@ -14,18 +14,19 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import mlflow
-import mlflow.pytorch
-import torch
-from matplotlib.figure import Figure
-from mlflow.models import infer_signature
 
 from configs.schema import PipelineConfig
 from storage.layout import RootLayout
-from storage.model_store import LoggedModel, RunFolder, set_model_run_id
 from storage.results.train import AggregatorMetrics, EpochMetrics, TrainResult
 from storage.tracking import log_metrics, log_store_input, stage_run
+
+if TYPE_CHECKING:  # torch and Matplotlib load only when a model is logged (a label-only run has none)
+    from matplotlib.figure import Figure
+
+    from storage.model_store import LoggedModel
 
 SCALARS = ("train_loss", "val_loss", "val_accuracy", "val_accuracy_annotator_mean", "consensus_accuracy",
            "val_gold_accuracy", "test_accuracy")
@@ -82,6 +83,8 @@ def record_train(layout: RootLayout, config: PipelineConfig, result: TrainResult
             mlflow.log_figure(figure, path)
         mlflow.log_dict(result.to_json(), "summary.json")
         if result.model_dir:
+            from storage.model_store import set_model_run_id
+
             set_model_run_id(Path(result.model_dir), run.info.run_id)
         return str(run.info.run_id)
 
@@ -96,6 +99,8 @@ def _record_label_only(result: TrainResult) -> None:
 
 
 def _record_model(result: TrainResult) -> None:
+    from storage.model_store import RunFolder
+
     if result.checkpoint_dir:
         for epoch, models in enumerate(RunFolder(Path(result.checkpoint_dir)).read_history()):
             log_metrics(epoch_metrics(models), step=epoch + 1)
@@ -113,6 +118,10 @@ def _log_pytorch_model(model: LoggedModel, which: str) -> None:
     A network that does not export is an error: it is never logged pickled instead (loading a
     pickle runs whatever code it names).
     """
+    import mlflow.pytorch
+    import torch
+    from mlflow.models import infer_signature
+
     signature = infer_signature(model.example, model.output)
     requirements = [f"torch=={torch.__version__.split('+')[0]}"]
     try:
