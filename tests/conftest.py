@@ -31,6 +31,18 @@ def prefect_harness():
         yield
 
 
+@pytest.fixture(scope="session", autouse=True)
+def stop_root_servers(tmp_path_factory):
+    """Commands run by the tests start their root's shared Prefect server (`flows.server`); stop
+    every one still running under the session's folders, so no server outlives the test run."""
+    yield
+    from flows.server import stop
+    from storage.layout import RootLayout
+
+    for state in tmp_path_factory.getbasetemp().glob("**/prefect/server.json"):
+        stop(RootLayout(state.parent.parent))
+
+
 @pytest.fixture
 def root(tmp_path: Path) -> Path:
     """A fresh annostyle root: stores and the MLflow SQLite store go here."""
