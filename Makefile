@@ -19,7 +19,7 @@ setup: $(STAMP)
 # the shared real label sets (ingest, crowd-kit consensus, label-based clusters), then the demo
 # pipeline end to end (ingest, train, predict, analyze), which prints its clusters, then the
 # representation probe of its encoders (reuses the trained model), which prints its table last
-REAL := bluebirds rte temp wsd dreem
+REAL := bluebirds rte temp wsd dreem labelme
 demo: setup
 	for c in $(REAL); do $(VENV)/bin/annostyle run configs/$$c.yaml --root $(ROOT) || exit 1; done
 	$(VENV)/bin/annostyle run configs/demo.yaml --root $(ROOT)
