@@ -487,12 +487,14 @@ class _EvalSums:
 
 @torch.no_grad()
 def _outputs(t: Trainee, x: torch.Tensor, keep: torch.Tensor, n_ann: int, device: str,
-             config: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
+             config: TrainConfig, annotators: bool = True) -> tuple[torch.Tensor | None, torch.Tensor]:
     """A trainee's annotator log-probabilities (n, R, C) (a baseline: its consensus for everyone,
-    expanded, not copied) and consensus classes (n,) on the kept rows of a batch."""
+    expanded, not copied; None unless `annotators`) and consensus classes (n,) on the kept rows."""
     with autocast_for(device, config):
         z = t.net.encoder(x)
         z = z.reshape(-1, z.shape[-1])[keep]
+        if not annotators:
+            return None, t.net.head.consensus_logits(z).float().argmax(-1)
         if isinstance(t.net, CrowdNet):
             logp = F.log_softmax(t.net.head.annotator_logits(z).float(), dim=-1)
             cons = t.net.head.consensus_logits(z).float().argmax(-1)
@@ -526,8 +528,8 @@ def evaluate(trainees: list[Trainee], data: Data, feed: Feed, config: TrainConfi
             lab = torch.from_numpy(val_labels[f, r].astype(np.int64)).to(device)
             for t in trainees:
                 a = acc[t.name]
-                logp, cons_t = _outputs(t, x, keep_t, n_ann, device, config)
-                if len(f):
+                logp, cons_t = _outputs(t, x, keep_t, n_ann, device, config, annotators=len(f) > 0)
+                if logp is not None and len(f):
                     pairs = logp[f_t, r_t]
                     a.loss += float(F.nll_loss(pairs, lab, reduction="sum"))
                     a.n_loss += len(f)
@@ -570,7 +572,7 @@ def test_metrics(trainees: list[Trainee], data: Data, feed: Feed, config: TrainC
         seen.append(frames[keep])
         keep_t = torch.from_numpy(keep).to(device)
         for t in trainees:
-            preds[t.name].append(_outputs(t, x, keep_t, n_ann, device, config)[1].cpu().numpy())
+            preds[t.name].append(_outputs(t, x, keep_t, n_ann, device, config, annotators=False)[1].cpu().numpy())
     fr = np.concatenate(seen)
     return {t.name: accuracy(np.concatenate(preds[t.name]), data.gold[fr]) for t in trainees}
 
@@ -722,10 +724,14 @@ def fit(trainees: list[Trainee], data: Data, feed: Feed, config: TrainConfig, de
         epoch_times.append(time.perf_counter() - t0)
         now = time.perf_counter()
         finished = epoch + 1 == opt.max_epochs or all(t.stopped for t in trainees)
-        if finished or now - last_ckpt >= config.checkpoint_every_s:
+        # a finished run's record is its model and summary (written next); a crash before them
+        # resumes from the last periodic checkpoint, so the last epoch needs none of its own
+        if now - last_ckpt >= config.checkpoint_every_s and not (finished and config.checkpoint_every_s):
             run.write_history(history)
             run.save_checkpoint({"epoch": epoch, "trainees": {t.name: t.state() for t in trainees}})
             last_ckpt = time.perf_counter()
+        if finished:
+            run.write_history(history)  # the history file is read back for the MLflow curves
         if finished or epoch == start_epoch or now - last_log >= config.log_every_s:
             left = opt.max_epochs - epoch - 1
             parts = " | ".join(
@@ -814,7 +820,7 @@ def train_seed(config: PipelineConfig, layout: RootLayout, cfg: TrainConfig, sto
     trainees = build_trainees(cfg, data, kind, store.n_annotators, store.n_classes, targets, device)
     log.info("seed %d: training %s (%s encoder, %d context frames each side)%s and baselines %s on %s, "
              "selection %s", cfg.seed, cfg.head.kind, kind, data.context,
-             f", compared with {[t.name for t in trainees[1:] if t.target is None]}" if len(trainees) > 1 else "",
+             f", compared with {compared}" if (compared := [t.name for t in trainees[1:] if t.target is None]) else "",
              list(targets), device, rule)
     outcome = fit(trainees, data, feed, cfg, device, run, rule)
     metrics = best_metrics(trainees, outcome.history, test_metrics_after_load(trainees, data, feed, cfg, device))
