@@ -19,7 +19,7 @@ setup: $(STAMP)
 # the shared real label sets (ingest, crowd-kit consensus, label-based clusters), then the demo
 # pipeline end to end (ingest, train, predict, analyze), which prints its clusters, then the
 # representation probe of its encoders (reuses the trained model), which prints its table last
-REAL := bluebirds rte temp wsd dreem
+REAL := bluebirds rte temp wsd dreem labelme
 demo: setup
 	$(VENV)/bin/annostyle run $(REAL:%=configs/%.yaml) configs/demo.yaml --root $(ROOT)
 	$(VENV)/bin/annostyle probe configs/demo.yaml --root $(ROOT)

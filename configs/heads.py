@@ -45,6 +45,13 @@ class ConalConfig(Strict):
     confusion_init: float = Field(2.0, description="diagonal of the initial confusion logits")
 
 
+class CrowdLayerConfig(Strict):
+    """`tasks.crowd_layer.CrowdLayerHead` (Rodrigues and Pereira 2018, the MW variant)."""
+
+    identity_decay: float = Field(0.0, ge=0.0, description="L2 pull of every annotator matrix towards the identity")
+
+
 HEADS = Registry[HeadEntry]("head")
 HEADS.register(HeadEntry("multi_annotator", "tasks.multi_annotator_head:MultiAnnotatorHead", MultiAnnotatorConfig))
 HEADS.register(HeadEntry("conal", "tasks.conal:ConalHead", ConalConfig))
+HEADS.register(HeadEntry("crowd_layer", "tasks.crowd_layer:CrowdLayerHead", CrowdLayerConfig))

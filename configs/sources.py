@@ -47,11 +47,19 @@ class SourceConfig(Strict):
         return found
 
 
+SplitName = Literal["train", "valid", "test"]
+"""A split as a config names it (`configs.splits.SPLIT_CODES`)."""
+
+
 class TableSource(SourceConfig):
     """A long table, one row per (item, annotator, label); the crowd-kit column names by default.
 
-    Rows whose annotator and label are empty contribute gold only (a test item). With
-    `sequence_column` and `frame_column`, items are frames of sequences.
+    With `sequence_column` and `frame_column`, items are frames of sequences. Gold comes from
+    `gold_column` (on the label rows) and/or a `gold` file keyed by item (CSV/TSV/Parquet with
+    `gold_item_column` and `gold_label_column`), whose items need no label row (validation and
+    test items). `split_column` gives each item's split (train / valid / test), in the label
+    table, the gold file or both. Rows whose annotator and label are empty contribute gold only
+    (the older way to add items without labels; they need a split once the data has splits).
     """
 
     kind: Literal["table"]
@@ -67,6 +75,83 @@ class TableSource(SourceConfig):
         None, description=".npy whose row i is item id i, or .csv/.parquet keyed by item id"
     )
     features_item_column: str | None = None
+    gold: InputPath | None = Field(None, description="a table of gold labels keyed by item: CSV, TSV or Parquet")
+    gold_item_column: str | None = Field(None, description="the gold file's item column (default: item_column)")
+    gold_label_column: str = "gold"
+    split_column: str | None = Field(
+        None, description="a column naming each item's split (train/valid/test, empty = none), in the "
+                          "label table, the gold file or both")
+
+
+class WidePart(Strict):
+    """One file set of a wide source, usually one split: row i of each file is item i of the part.
+
+    A part needs at least one of labels, features and gold (they fix its rows); a part without
+    labels (e.g. LabelMe's validation and test images) has items with no crowd label.
+    """
+
+    split: SplitName | None = None
+    labels: InputPath | None = Field(None, description="the label matrix: one row per item, one column per annotator")
+    features: InputPath | None = Field(None, description=".npy, row i is item i of the part")
+    gold: InputPath | None = Field(None, description="one gold value per line (text), or a 1-d .npy")
+    items: InputPath | None = Field(None, description="one item name per line (default: <split>/<row>)")
+
+    @model_validator(mode="after")
+    def _has_rows(self) -> WidePart:
+        if self.labels is None and self.features is None and self.gold is None:
+            raise ValueError("a part needs labels, features or gold")
+        return self
+
+
+class WideSource(SourceConfig):
+    """A wide label matrix: items x annotators, one row per item, a missing-value code.
+
+    LabelMe / PyLearningCrowds' `answers.txt` (space separated, -1 = not labelled) and
+    cleanlab's `labels_multiannotator` saved as CSV (a header of annotator names, empty =
+    not labelled). Either one `parts` entry per split (each with its labels, features, gold and
+    item names), or the files at the top level (one part) with `split_column` /
+    `gold_column` / `item_column` naming columns of the matrix (these need `header: true`).
+    """
+
+    kind: Literal["wide"]
+    parts: list[WidePart] = Field(default_factory=list)
+    labels: InputPath | None = None
+    features: InputPath | None = None
+    gold: InputPath | None = None
+    items: InputPath | None = None
+    split: SplitName | None = None
+    missing: int | str = Field(-1, description="the label matrix's code for `not labelled` (an empty cell is too)")
+    separator: Literal["whitespace", "comma", "tab", "semicolon"] | None = Field(
+        None, description="default: comma for .csv, tab for .tsv/.tab, else whitespace")
+    header: bool = Field(False, description="the first row names the columns (annotators and the columns below)")
+    item_column: str | None = None
+    gold_column: str | None = None
+    split_column: str | None = None
+
+    @model_validator(mode="after")
+    def _one_layout(self) -> WideSource:
+        top = [n for n in ("labels", "features", "gold", "items", "split") if getattr(self, n) is not None]
+        if self.parts and top:
+            raise ValueError(f"give the files either in `parts` or at the top level, not both (found {top[0]})")
+        if not self.parts and not any(getattr(self, n) is not None for n in ("labels", "features", "gold")):
+            raise ValueError("need `parts`, or `labels` (or features / gold) at the top level")
+        columns = [n for n in ("item_column", "gold_column", "split_column") if getattr(self, n) is not None]
+        if columns and not self.header:
+            raise ValueError(f"{columns[0]} names a column of the label matrix, so it needs `header: true`")
+        if self.split_column is not None and any(p.split is not None for p in self.all_parts()):
+            raise ValueError("split_column and a part's `split` both give splits: use one")
+        return self
+
+    def all_parts(self) -> list[WidePart]:
+        """The parts, or the top-level files as one part."""
+        if self.parts:
+            return list(self.parts)
+        return [WidePart(split=self.split, labels=self.labels, features=self.features, gold=self.gold,
+                         items=self.items)]
+
+    def input_paths(self) -> list[Path]:
+        return [p for part in self.all_parts() for p in (part.labels, part.features, part.gold, part.items)
+                if p is not None]
 
 
 class TracksSource(SourceConfig):
@@ -159,4 +244,5 @@ READERS.register(ReaderEntry(
     "mapping", "tasks.readers.mapping:read_mapping", MappingSource,
     suffixes=frozenset({".yaml", ".yml", ".json"}), batch_field="labels", batch_resets=("gold",),
 ))
+READERS.register(ReaderEntry("wide", "tasks.readers.wide:read_wide", WideSource))
 READERS.register(ReaderEntry("demo", "tasks.demo:read_demo", DemoSource))

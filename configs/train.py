@@ -63,6 +63,8 @@ class EncoderConfig(Strict):
     kind: Literal["auto", "mlp", "temporal"] = "auto"
     dim: int = Field(64, gt=0, description="embedding size per frame")
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    input_dropout: float = Field(
+        0.0, ge=0.0, lt=1.0, description="dropout on the standardised input features (MLP encoder)")
     frozen: bool = False
     weights: WeightsPath | None = None
     mlp: MLPConfig = MLPConfig()
@@ -96,7 +98,7 @@ else:  # one field per registered head: a new head needs no edit here
 
 class OptimConfig(Strict):
     """AdamW with a one-cycle schedule over `max_epochs`, gradient clipping, early stopping on the
-    validation loss."""
+    selection criterion (`train.select`) after `min_epochs`."""
 
     lr: float = Field(5e-3, gt=0, description="peak learning rate")
     schedule: Literal["onecycle", "constant"] = "onecycle"
@@ -105,8 +107,11 @@ class OptimConfig(Strict):
     batch_frames: int | None = Field(
         None, gt=0, description="frames per step, rounded to whole crops; default 2048 for sequences, 64 for items")
     max_epochs: int = Field(40, ge=1)
-    patience: int = Field(5, ge=1, description="epochs without improvement before stopping")
-    min_delta: float = Field(1e-4, ge=0, description="smallest validation-loss drop that counts")
+    patience: int = Field(10, ge=1, description="epochs without improvement before stopping")
+    min_epochs: int | None = Field(
+        None, ge=1, description="epochs before an epoch may be selected or training stop early; default: "
+        "the end of the warm-up (onecycle) plus one, at least 1")
+    min_delta: float = Field(1e-4, ge=0, description="smallest improvement of the criterion that counts")
     grad_clip: float | None = Field(1.0, gt=0)
 
 
@@ -115,27 +120,67 @@ class LoaderConfig(Strict):
 
     crop_frames: int = Field(128, gt=0, description="frames per crop of a sequence (items: 1)")
     buffer_chunks: int = Field(4, ge=1, description="chunks shuffled together")
+    in_memory_mb: float = Field(
+        2048.0, ge=0, description="features up to this size (MiB, float32) are read once into memory: items "
+        "train from dense tensors on the device, batches by index; frames from an in-memory copy of the "
+        "chunks; larger features are read chunk by chunk from Zarr every epoch (0: always from Zarr)")
 
 
 class SplitConfig(Strict):
-    """Validation split by sequence (an item is a one-frame sequence)."""
+    """Which items train, which select the epoch, which are reported (an item is a one-frame sequence).
 
-    val_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+    - `auto`: `data` when the store holds the data's own split, else `random`;
+    - `data`: the data's split (`configs.splits`): `train` items train, `valid` items only select
+      (never trained on), `test` items only give the reported figure; items without a split value
+      train when they carry crowd labels;
+    - `random`: `val_fraction` of the crowd-labelled sequences, drawn with `split_seed` (not the
+      initialisation seed, so seeds vary the initialisation only), select; test items are the
+      data's `test` items and, when the data gives no split, the items with gold and no crowd label;
+    - `none`: every crowd-labelled item trains for the fixed schedule (`max_epochs`), the last
+      epoch is kept; test items as for `random`.
+    """
+
+    kind: Literal["auto", "data", "random", "none"] = "auto"
+    val_fraction: float = Field(0.2, gt=0.0, lt=1.0, description="`random`: share of the sequences that validate")
+    split_seed: int = Field(0, ge=0, le=MAX_SEED, description="`random`: the seed of the draw")
+
+
+Selection = Literal["auto", "gold", "crowd", "last"]
 
 
 class TrainConfig(Strict):
-    """How the encoder and the annotator heads are trained."""
+    """How the encoder and the annotator heads are trained, and which epoch is kept (`select`).
 
-    seed: int = Field(0, ge=0, le=MAX_SEED)
+    `select`: `gold` keeps the epoch of highest consensus accuracy on the validation items' gold;
+    `crowd` the epoch of lowest cross-entropy of the validation items' crowd labels under each
+    model's annotator outputs, from `optim.min_epochs` on; `last` the last epoch of the schedule;
+    `auto` is `gold` when the validation items carry gold, else `crowd`, and `last` with
+    `split.kind: none`.
+    """
+
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="initialisation (and dropout, shuffling) seed")
+    seeds: list[Annotated[int, Field(ge=0, le=MAX_SEED)]] | None = Field(
+        None, min_length=1, description="one model per seed in one command (overrides `seed`); the first "
+        "seed's model is the one predict and analyze use; the summary gives each metric's mean and sd")
+    select: Selection = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     mixed_precision: bool = Field(True, description="bfloat16 autocast on CUDA (ignored on the CPU)")
     threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's)")
     deterministic: bool = Field(True, description="torch deterministic algorithms")
     encoder: EncoderConfig = EncoderConfig()
     head: HeadConfig = HeadConfig()
+    compare_heads: list[Annotated[str, AfterValidator(HEADS.check)]] = Field(
+        [], description="further annotator heads trained beside `head.kind` in the same run, on the same "
+        "batches, for the comparison table (their options: `head.<kind>`); only `head.kind` is saved")
     baselines: list[Literal["mv", "ds"]] = Field(
         ["mv", "ds"], description="classifiers on the same encoder trained on aggregated labels")
     optim: OptimConfig = OptimConfig()
     loader: LoaderConfig = LoaderConfig()
     split: SplitConfig = SplitConfig()
     log_every_s: float = Field(10.0, gt=0, description="seconds between progress lines")
+    checkpoint_every_s: float = Field(
+        30.0, ge=0, description="seconds between checkpoints (also after the last epoch); 0: after every epoch")
+
+    def seed_list(self) -> list[int]:
+        """The seeds trained: `seeds`, else [`seed`]."""
+        return list(self.seeds) if self.seeds else [self.seed]

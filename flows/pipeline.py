@@ -126,6 +126,7 @@ def pipeline_flow(config_path: str, root: str, force: list[str] | None = None,
         annotators=analysis.annotators, clusters=analysis.clusters, ari_vs_truth=analysis.ari_vs_truth,
         method=analysis.method, cophenetic_correlation=analysis.cophenetic_correlation,
         metrics=train.metrics, model_dir=train.model_dir, prediction_store=prediction_store,
+        train_seed=train.seed, train_summary=train.summary,
         tracking_uri=active_tracking_uri(), root=str(Path(root)),
     )
 
@@ -143,6 +144,10 @@ def cli_print(result: PipelineResult) -> None:
         print(f"  {stage:<8} {info.status}{note}")
     if result.metrics and result.metrics.val_accuracy is not None:
         print(f"  model: validation accuracy {result.metrics.val_accuracy:.3f}")
+    test = (result.train_summary.get("model") or {}).get("test_accuracy")
+    if test is not None and test.mean is not None:
+        spread = f" +/- {test.sd:.3f} over {test.n} seeds" if test.sd is not None else ""
+        print(f"  model: test accuracy {test.mean:.3f}{spread}; predicted and analysed with seed {result.train_seed}")
     print(f"annotator clusters ({result.method}):")
     for k, assignment in result.clusters.items():
         print(f"  k={k}: {cluster_line(assignment)}")

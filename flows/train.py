@@ -18,7 +18,7 @@ from configs.schema import PipelineConfig, load_config
 from flows.retry import retry_unless_bad_input
 from storage.dataset_store import DatasetStore
 from storage.layout import RootLayout
-from storage.results.train import AggregatorMetrics, EpochMetrics, FinetuneResult, TrainResult
+from storage.results.train import AggregatorMetrics, FinetuneResult, MeanSd, TrainResult
 from tasks.label_only import label_only_result
 
 log = logging.getLogger(__name__)
@@ -91,10 +91,10 @@ def trained_model(config: PipelineConfig, layout: RootLayout, config_path: Path 
     """The model this config trains on the store's latest version: the recorded one when it
     exists (same dataset version and train settings), else trained and recorded now."""
     from storage.model_store import RunFolder
-    from tasks.train import train_key
+    from tasks.train import result_key
 
     store = DatasetStore.open(layout.dataset_uri(config.name))
-    run = RunFolder(layout.run_dir(config.name, train_key(store.version, config.train)))
+    run = RunFolder(layout.run_dir(config.name, result_key(store.version, config.train)))
     finished = run.finished_model()
     if finished is not None and finished[1].model_run_id:
         result, spec = finished
@@ -111,6 +111,33 @@ def _pct(v: float | None) -> str:
     return "-" if v is None else f"{100 * v:.1f}%"
 
 
+def _mean_sd(stats: MeanSd | None, scale: float = 100.0, digits: int = 1) -> str:
+    if stats is None or stats.mean is None:
+        return "-"
+    sd = f" +/- {scale * stats.sd:.{digits}f}" if stats.sd is not None else ""
+    return f"{scale * stats.mean:.{digits}f}{sd}"
+
+
+def model_table(result: TrainResult) -> list[str]:
+    """Every model (annotator head, compared heads, baselines): test accuracy on the test items'
+    gold, validation gold accuracy, the selection rule and the kept epoch (mean +/- sd and each
+    seed's epoch over several seeds)."""
+    names = list(result.metrics.models())
+    label = {"model": f"{result.head} (saved)", "mv": "MV-trained", "ds": "DS-trained"}
+    n_seeds = max(1, len(result.seeds))
+    lines = [f"  {'model':<26} {'test acc %':>15} {'val gold %':>15} {'select':>7}  kept epoch"
+             + (f" (seeds {', '.join(str(s.seed) for s in result.seeds)})" if n_seeds > 1 else "")]
+    for name in names:
+        stats = result.summary.get(name, {})
+        if n_seeds > 1:
+            epochs = ", ".join(str(s.metrics.models()[name].model_dump().get("best_epoch")) for s in result.seeds)
+        else:
+            epochs = str(result.metrics.models()[name].model_dump().get("best_epoch"))
+        lines.append(f"  {label.get(name, name):<26} {_mean_sd(stats.get('test_accuracy')):>15} "
+                     f"{_mean_sd(stats.get('val_gold_accuracy')):>15} {result.selection or '-':>7}  {epochs}")
+    return lines
+
+
 def cli_print(result: TrainResult) -> None:
     m = result.metrics
     print(f"dataset {result.dataset} version {result.version}")
@@ -123,13 +150,19 @@ def cli_print(result: TrainResult) -> None:
         print(f"  MLflow run {result.mlflow_run_id}")
         return
     resumed = f", resumed from epoch {result.resumed_from_epoch}" if result.resumed_from_epoch else ""
+    seeds = f"; seeds {[s.seed for s in result.seeds]}, the saved model is seed {result.seed}'s" \
+        if len(result.seeds) > 1 else ""
     print(f"  {result.head} head on a {result.encoder} encoder, {result.device}, "
-          f"{result.epochs} epochs (best {result.best_epoch}){resumed}, {result.seconds or 0:.0f} s")
-    rows = [("model", m), *m.baselines().items()]
-    print(f"  {'':6} {'val acc':>8} {'per-ann mean':>12} {'consensus':>10} {'test':>8}")
-    for name, r in rows:
-        if isinstance(r, EpochMetrics):
-            print(f"  {name:6} {_pct(r.val_accuracy):>8} {_pct(r.val_accuracy_annotator_mean):>12} "
-                  f"{_pct(r.consensus_accuracy):>10} {_pct(r.test_accuracy):>8}")
+          f"{result.epochs} epochs (kept {result.best_epoch}){resumed}, {result.seconds or 0:.1f} s{seeds}")
+    print(f"  split {result.split}: {result.n_train_frames} training, {result.n_val_frames} validation frames with "
+          f"crowd labels, {result.n_val_gold_frames} with gold, {result.n_test_frames} test frames; "
+          f"epoch kept by {SELECTION_WORDS.get(result.selection or '', result.selection)}")
+    for line in model_table(result):
+        print(line)
     print(f"  model {result.model_dir}")
     print(f"  MLflow run {result.mlflow_run_id}")
+
+
+SELECTION_WORDS = {"gold": "consensus accuracy on the validation gold",
+                   "crowd": "held-out crowd-label likelihood (after the warm-up)",
+                   "last": "the last epoch of the fixed schedule"}

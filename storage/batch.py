@@ -6,6 +6,9 @@ optionally features, gold labels and item names. Labels and gold are codes into 
 own class list, whose entries are *class keys* (`configs.inputs.class_key`, the one rule every
 reader follows); the store maps them onto its class list. `validate` also holds a batch to the
 input limits of `configs.inputs` (frames, frames per sequence, annotators, classes, features).
+
+`split` is the data's own split (`configs.splits`: train 0, valid 1, test 2, -1 = none given), one
+int8 per frame; `validate` refuses a test item that carries a crowd label.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from configs.inputs import (
     check_count,
     class_key,
 )
+from configs.splits import SPLIT_CODES, SPLIT_NAMES, UNASSIGNED
 from errors import InputError
 
 __all__ = ["MISSING", "Batch", "class_key"]
@@ -51,6 +55,8 @@ class Batch:
         sources: file or folder each part came from, by part ("labels", "features", "gold").
         meta: JSON-able facts kept in the manifest (for example the demo's true style groups).
         replace: whether labels may overwrite an annotator's different existing label.
+        split: (n_frames,) int8 split codes (`configs.splits.SPLIT_CODES`, -1 = no split given),
+            or None when the data gives no split at all.
     """
 
     sequence_names: list[str]
@@ -64,6 +70,7 @@ class Batch:
     sources: dict[str, str] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)  # JSON boundary: kept in the manifest
     replace: bool = False
+    split: np.ndarray | None = None
 
     @property
     def n_frames(self) -> int:
@@ -111,6 +118,8 @@ class Batch:
                 raise InputError(src, name, int(codes[outside].flat[0]), f"code outside the {n_classes} classes")
         if self.gold is not None and self.gold.shape != (self.n_frames,):
             raise InputError(self.sources.get("gold", src), "gold", self.gold.shape, "need one gold value per frame")
+        if self.split is not None:
+            self._validate_split()
         if self.features is not None:
             fsrc = self.sources.get("features", src)
             width = int(np.prod(self.features.shape[1:], dtype=np.int64))
@@ -126,6 +135,36 @@ class Batch:
                 what = self.item_names[row] if self.item_names else f"frame {row}"
                 raise InputError(fsrc, "features", float(self.features.reshape(self.n_frames, -1)[row][~finite.reshape(self.n_frames, -1)[row]][0]), f"NaN or inf in the features of {what}")
 
+    def _validate_split(self) -> None:
+        """The split codes fit the frames, are known codes, and no test item has a crowd label."""
+        ssrc = self.sources.get("split", self.source)
+        split = np.asarray(self.split)
+        if split.shape != (self.n_frames,):
+            raise InputError(ssrc, "split", list(split.shape), f"need one split value per frame ({self.n_frames})")
+        known = np.isin(split, [UNASSIGNED, *SPLIT_CODES.values()])
+        if not known.all():
+            raise InputError(ssrc, "split", int(split[~known][0]),
+                             f"unknown split code; the codes are {SPLIT_CODES} and {UNASSIGNED} = none")
+        self.split = split.astype(np.int8, copy=False)
+        test = self.split == SPLIT_CODES["test"]
+        if test.any() and self.labels.size:
+            labelled = test & (self.labels >= 0).any(axis=1)
+            if labelled.any():
+                row = int(np.flatnonzero(labelled)[0])
+                who = self.annotators[int(np.flatnonzero(self.labels[row] >= 0)[0])]
+                raise InputError(ssrc, "split", SPLIT_NAMES[SPLIT_CODES["test"]],
+                                 f"{self.frame_name(row)} is a test item but has a crowd label (annotator "
+                                 f"{who!r}; {int(labelled.sum())} test items have labels): test items must "
+                                 f"carry no crowd label (use valid for items with gold and crowd labels)")
+
+    def frame_name(self, row: int) -> str:
+        """Frame `row` for messages: `item 'x'`, or `sequence 's' frame f`."""
+        if self.item_names is not None:
+            return f"item {self.item_names[row]!r}"
+        starts = np.concatenate([[0], np.cumsum(self.sequence_lengths)])
+        seq = int(np.searchsorted(starts, row, side="right")) - 1
+        return f"sequence {self.sequence_names[seq]!r} frame {row - int(starts[seq])}"
+
     def content_hash(self) -> str:
         """SHA-256 of everything the batch would write: equal hashes mean identical batches."""
         h = hashlib.sha256()
@@ -140,12 +179,16 @@ class Batch:
             "gold": self.gold is not None,
             "meta": self.meta,
         }
+        if self.split is not None:  # only then, so batches without a split keep their old hash
+            head["split"] = True
         h.update(json.dumps(head, sort_keys=True, default=str).encode())
         h.update(np.ascontiguousarray(self.labels, dtype=np.int16).tobytes())
         if self.gold is not None:
             h.update(np.ascontiguousarray(self.gold, dtype=np.int16).tobytes())
         if self.features is not None:
             h.update(np.ascontiguousarray(self.features, dtype=np.float32).data.cast("B"))
+        if self.split is not None:
+            h.update(np.ascontiguousarray(self.split, dtype=np.int8).tobytes())
         return h.hexdigest()
 
 

@@ -5,10 +5,12 @@ Layout (every array chunked along frames, Blosc-compressed):
     features        (n_frames, ...) float32      only for datasets with features
     labels          (n_frames, n_annotators) int16, -1 = not labelled
     gold            (n_frames,) int16, -1 = unknown
+    split           (n_frames,) int8, the data's own split (configs.splits: train 0, valid 1,
+                    test 2, -1 = none); only once a batch gave one (a store without it reads -1)
     offsets         (n_sequences + 1,) int64     frames of sequence i: offsets[i]:offsets[i+1]
     sequence_names  (n_sequences,) str
     item_names      (n_frames,) str              only for item data
-    history/<k>/    prior values of the rows batch k changed (frames, labels, gold)
+    history/<k>/    prior values of the rows batch k changed (frames, labels, gold, split)
     zarr.json       group attributes: the manifest (the commit), a pending marker, the digests
                     of each array's metadata, and a digest of all of these
 
@@ -56,6 +58,7 @@ from zarr.codecs import BloscCodec
 
 from configs.base import CodecConfig
 from configs.schema import StoreConfig
+from configs.splits import SPLIT_CODES, SPLIT_NAMES, UNASSIGNED
 from errors import DamagedStore, InputError
 from storage.batch import MISSING, Batch
 from storage.integrity import (
@@ -86,8 +89,8 @@ def chain_version(previous: str, batch_hash: str) -> str:
     return hashlib.sha256(f"{previous}:{batch_hash}".encode()).hexdigest()[:16]
 
 
-ARRAYS = ("features", "labels", "gold", "offsets", "sequence_names", "item_names")
-HISTORY_ARRAYS = ("frames", "labels", "gold")
+ARRAYS = ("features", "labels", "gold", "split", "offsets", "sequence_names", "item_names")
+HISTORY_ARRAYS = ("frames", "labels", "gold", "split")  # split: only when the store has a split array
 
 
 def _array(group: zarr.Group, name: str) -> zarr.Array:
@@ -407,6 +410,30 @@ class DatasetStore:
         rows = np.asarray(self._array("gold")[start:stop]) if self.batch_count else np.zeros(0, np.int16)
         return self._overlay("gold", rows, start, stop)
 
+    @property
+    def split_counts(self) -> dict[str, int]:
+        """Frames per split at this version (`configs.splits` names, plus `none`); {} when no
+        batch up to this version gave a split."""
+        if not self.batch_count:
+            return {}
+        return dict(self.batches[-1].get("split_counts") or {})
+
+    @property
+    def has_split(self) -> bool:
+        """True when the data gives a split for at least one frame at this version."""
+        counts = self.split_counts
+        return any(counts.get(name, 0) for name in SPLIT_CODES)
+
+    def read_split(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Split codes of frames [start, stop) at this version, int8 (`configs.splits.SPLIT_CODES`);
+        all -1 (UNASSIGNED) when the data gives no split (also for stores written before splits)."""
+        stop = self.n_frames if stop is None else min(stop, self.n_frames)
+        start = min(start, stop)
+        if not self.has_split or "split" not in self.digests:
+            return np.full(stop - start, UNASSIGNED, np.int8)
+        rows = np.asarray(self._array("split")[start:stop])
+        return self._overlay("split", rows, start, stop)
+
     def _overlays(self) -> list[int]:
         """Batches, newest first, whose saved prior rows must be laid over the current rows."""
         later = [b["index"] for b in self.manifest["batches"][self.batch_count:] if b["history"]]
@@ -420,6 +447,8 @@ class DatasetStore:
             return rows
         rows = np.array(rows, copy=True)
         for index in overlays:
+            if f"history/{index}/{name}" not in self.digests:  # a batch before the store had a split
+                continue
             frames = np.asarray(self._array(f"history/{index}/frames")[:])
             inside = (frames >= start) & (frames < stop)
             if not inside.any():
@@ -526,10 +555,17 @@ class DatasetStore:
                 rows[:, : prior.shape[1]] = prior
                 labels.set_orthogonal_selection((frames, slice(None)), rows)
                 gold.set_orthogonal_selection((frames,), np.asarray(self._array(f"history/{index}/gold")[:]))
+                if f"history/{index}/split" in self.digests and "split" in self.digests:
+                    _array(g, "split").set_orthogonal_selection(
+                        (frames,), np.asarray(self._array(f"history/{index}/split")[:]))
+            if "split" in g and "split" not in self.digests:  # created by the interrupted batch
+                del g["split"]
             if has_arrays and _array(g, "labels").shape[0] > t["n_frames"]:
                 # partial chunks keep their bytes when an array shrinks: blank them first
                 _array(g, "labels")[t["n_frames"]:] = MISSING
                 _array(g, "gold")[t["n_frames"]:] = MISSING
+                if "split" in g:
+                    _array(g, "split")[t["n_frames"]:] = UNASSIGNED
             for name, shape in self._committed_shapes().items():
                 if name in g and _array(g, name).shape != shape:
                     _array(g, name).resize(shape)
@@ -548,6 +584,7 @@ class DatasetStore:
         shapes: dict[str, tuple[int, ...]] = {
             "labels": (t["n_frames"], t["n_annotators"]),
             "gold": (t["n_frames"],),
+            "split": (t["n_frames"],),
             "offsets": (t["n_sequences"] + 1,),
             "sequence_names": (t["n_sequences"],),
             "item_names": (t["n_frames"],),
@@ -558,7 +595,7 @@ class DatasetStore:
 
     def _stored_bytes(self) -> int:
         return sum(_array(self.group, name).nbytes_stored() for name in
-                   ("features", "labels", "gold", "offsets", "sequence_names", "item_names")
+                   ("features", "labels", "gold", "split", "offsets", "sequence_names", "item_names")
                    if name in self.group)
 
     def _plan(self, batch: Batch) -> _Plan:
@@ -602,7 +639,7 @@ class DatasetStore:
                              f"feature shape differs from the store's {self.features.shape[1:]}")
 
         if n_old_frames:  # the chunks a write will read and extend must be intact (reads are checked)
-            for name in ("labels", "gold", "features", "item_names"):
+            for name in ("labels", "gold", "split", "features", "item_names"):
                 if name in self.digests:
                     self._array(name)[n_old_frames - 1]
 
@@ -675,6 +712,7 @@ class DatasetStore:
                 if not np.array_equal(stored, batch.features[touched_rows]):
                     raise InputError(batch.sources.get("features", src), "features", "changed",
                                      "features of frames the store holds already differ from the stored ones")
+        split_plan = self._plan_split(batch, new, touched, touched_rows, mapped, gold, merged_labels, merged_gold)
 
         totals = {
             "n_frames": n_old_frames + len(new),
@@ -689,8 +727,68 @@ class DatasetStore:
             new_rows=new, new_lengths=new_lengths, new_names=new_names, touched=touched,
             prior_labels=prior_labels, prior_gold=prior_gold, merged_labels=merged_labels,
             merged_gold=merged_gold, mapped=mapped, gold=gold, labels_added=labels_added,
-            labels_replaced=labels_replaced, totals=totals,
+            labels_replaced=labels_replaced, totals=totals, split=split_plan,
         )
+
+    def _plan_split(self, batch: Batch, new: np.ndarray, touched: np.ndarray, touched_rows: np.ndarray,
+                    mapped: np.ndarray, gold: np.ndarray, merged_labels: np.ndarray | None,
+                    merged_gold: np.ndarray | None) -> _SplitPlan | None:
+        """Where the batch's split codes go, checked against the store; None when neither the store
+        nor the batch has a split array.
+
+        Refused (InputError naming the split's file): a split value that changes an existing
+        frame's split (unless `replace`), a test item that ends up with a crowd label (a batch
+        labelling a stored test item, too), and an item with gold but no crowd label and no split,
+        once the data gives splits at all (such an item is a validation or a test item, and the
+        data must say which).
+        """
+        if batch.split is None and "split" not in self.digests:
+            return None
+        ssrc = batch.sources.get("split", batch.source)
+        incoming = batch.split if batch.split is not None else np.full(batch.n_frames, UNASSIGNED, np.int8)
+        new_split = incoming[new].astype(np.int8)
+        prior = merged = np.zeros(0, np.int8)
+        if len(touched):
+            prior = (np.asarray(self._array("split").get_orthogonal_selection((touched,))).astype(np.int8)
+                     if "split" in self.digests else np.full(len(touched), UNASSIGNED, np.int8))
+            came = incoming[touched_rows]
+            clash = (prior >= 0) & (came >= 0) & (prior != came)
+            if clash.any() and not batch.replace:
+                r = int(np.flatnonzero(clash)[0])
+                raise InputError(ssrc, "split", SPLIT_NAMES[int(came[r])],
+                                 f"{batch.frame_name(int(touched_rows[r]))} is already in split "
+                                 f"{SPLIT_NAMES[int(prior[r])]!r}; set replace: true to move it")
+            merged = np.where(came >= 0, came, prior).astype(np.int8)
+            if merged_labels is not None:
+                self._check_split_rows(batch, ssrc, touched_rows, merged, merged_labels, merged_gold)
+        self._check_split_rows(batch, ssrc, new, new_split, mapped[new], gold[new])
+        counts = self.split_counts or ({"none": self.n_frames} if self.n_frames else {})
+        counts = {name: counts.get(name, 0) for name in [*SPLIT_CODES, "none"]}
+        for codes, sign in ((new_split, 1), (prior, -1), (merged, 1)):
+            for name, code in [*SPLIT_CODES.items(), ("none", UNASSIGNED)]:
+                counts[name] += sign * int((codes == code).sum())
+        return _SplitPlan(new=new_split, prior=prior if len(touched) else None,
+                          merged=merged if len(touched) else None, counts=counts)
+
+    @staticmethod
+    def _check_split_rows(batch: Batch, ssrc: str, rows: np.ndarray, split: np.ndarray,
+                          labels: np.ndarray, gold: np.ndarray | None) -> None:
+        """No test frame with a crowd label; no gold-only frame without a split (see `_plan_split`)."""
+        if not len(rows):
+            return
+        labelled = (labels >= 0).any(axis=1) if labels.size else np.zeros(len(rows), bool)
+        bad = (split == SPLIT_CODES["test"]) & labelled
+        if bad.any():
+            r = int(np.flatnonzero(bad)[0])
+            raise InputError(ssrc, "split", "test", f"{batch.frame_name(int(rows[r]))} is a test item but has a "
+                             "crowd label (from this batch or the store): test items carry no crowd label")
+        if gold is not None:
+            unsplit = (gold >= 0) & ~labelled & (split == UNASSIGNED)
+            if unsplit.any():
+                r = int(np.flatnonzero(unsplit)[0])
+                raise InputError(batch.sources.get("gold", ssrc), "split", "",
+                                 f"{batch.frame_name(int(rows[r]))} has gold and no crowd label but no split "
+                                 f"({int(unsplit.sum())} such items): give each a split, test or valid")
 
     def _write(self, batch: Batch, plan: _Plan, batch_hash: str, progress: bool) -> None:
         g = self.group
@@ -712,11 +810,15 @@ class DatasetStore:
         has_history = len(plan.touched) > 0
         if has_history:
             hist = g.require_group("history").create_group(str(plan.index), overwrite=True)
-            for name, data in (("frames", plan.touched), ("labels", plan.prior_labels), ("gold", plan.prior_gold)):
+            saved = [("frames", plan.touched), ("labels", plan.prior_labels), ("gold", plan.prior_gold)]
+            if plan.split is not None and plan.split.prior is not None:
+                saved.append(("split", plan.split.prior))
+            for name, data in saved:
                 hist.create_array(name, data=np.ascontiguousarray(data), compressors=codec)
         # 2. the pending marker: from here on a crash is rolled back from history
         pending = {"batch": plan.index, "hash": batch_hash, "history": has_history}
-        history = [f"history/{plan.index}/{a}" for a in HISTORY_ARRAYS] if has_history else []
+        history = [f"history/{plan.index}/{a}" for a in HISTORY_ARRAYS
+                   if a != "split" or plan.split is not None] if has_history else []
         self._put_attrs(self.manifest, self._new_digests(history), pending)
 
         # 3. arrays: create on the first batch, grow, write new frames, then changed rows
@@ -735,6 +837,13 @@ class DatasetStore:
                 g.create_array("features", shape=(0, *fshape), dtype="float32",
                                chunks=(chunk, *fshape), fill_value=0.0, compressors=codec,
                                dimension_names=["frame", *[f"feature_{i}" for i in range(len(fshape))]])
+        if plan.split is not None and "split" not in g:  # the first batch that gives a split
+            g.create_array("split", shape=(0,), dtype="int8", chunks=(chunk,), fill_value=UNASSIGNED,
+                           compressors=codec, dimension_names=["frame"])
+            if n0:  # frames stored before it have no split (every chunk is written)
+                _array(g, "split").resize((n0,))
+                self._write_slabs(_array(g, "split"), 0, np.full(n0, UNASSIGNED, np.int8), progress)
+        split = _array(g, "split") if plan.split is not None else None
         labels, gold = _array(g, "labels"), _array(g, "gold")
         offsets, sequence_names = _array(g, "offsets"), _array(g, "sequence_names")
         item_names = _array(g, "item_names") if "item_names" in g else None
@@ -745,6 +854,8 @@ class DatasetStore:
         if n0 and width > first_new_column:  # chunks of new annotator columns over old frames
             labels[:n0, first_new_column:width] = MISSING
         gold.resize((n1,))
+        if split is not None:
+            split.resize((n1,))
         offsets.resize((s1 + 1,))
         sequence_names.resize((s1,))
         if item_names is not None:
@@ -760,6 +871,8 @@ class DatasetStore:
             rows[:, plan.columns] = take(plan.mapped)
             self._write_slabs(labels, n0, rows, progress)
             self._write_slabs(gold, n0, take(plan.gold), progress)
+            if split is not None and plan.split is not None:
+                self._write_slabs(split, n0, plan.split.new, progress)
             if features is not None and batch.features is not None:
                 self._write_slabs(features, n0, take(batch.features), progress, "features")
             if item_names is not None and batch.item_names is not None:
@@ -769,6 +882,8 @@ class DatasetStore:
         if plan.merged_labels is not None and plan.merged_gold is not None:  # set when has_history
             labels.set_orthogonal_selection((plan.touched, slice(None)), plan.merged_labels)
             gold.set_orthogonal_selection((plan.touched,), plan.merged_gold)
+            if split is not None and plan.split is not None and plan.split.merged is not None:
+                split.set_orthogonal_selection((plan.touched,), plan.split.merged)
 
         # 4. the commit: one atomic write of the group's attributes, without the marker
         previous = self.version
@@ -791,6 +906,8 @@ class DatasetStore:
             "meta": batch.meta,
             "totals": plan.totals,
         }
+        if plan.split is not None:
+            entry["split_counts"] = plan.split.counts
         manifest: dict[str, Any] = {  # JSON boundary: the manifest
             **self.manifest, "classes": plan.classes, "class_names": plan.class_names,
             "annotators": plan.annotators, "batches": [*self.manifest["batches"], entry],
@@ -838,6 +955,7 @@ class _Plan:
     labels_added: int
     labels_replaced: int
     totals: dict[str, int]
+    split: _SplitPlan | None = None
 
     @property
     def n_new(self) -> int:
@@ -846,6 +964,17 @@ class _Plan:
     @property
     def n_new_sequences(self) -> int:
         return len(self.new_names)
+
+
+@dataclass
+class _SplitPlan:
+    """The split codes an append writes: of its new frames, the touched frames' prior and merged
+    codes, and the frames per split afterwards (the manifest's `split_counts`)."""
+
+    new: np.ndarray
+    prior: np.ndarray | None
+    merged: np.ndarray | None
+    counts: dict[str, int]
 
 
 def open_or_create(uri: str, config: StoreConfig, classes: list[str] | None,

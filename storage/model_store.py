@@ -185,9 +185,10 @@ class RunFolder:
     def finished_model(self) -> tuple[TrainResult, ModelSpec] | None:
         """The finished run's result and its model's spec, when the run finished and wrote a model."""
         result = self.read_summary()
-        if result is None or not has_model(self.model_dir):
+        model_dir = Path(result.model_dir) if result is not None and result.model_dir else self.model_dir
+        if result is None or not has_model(model_dir):  # a multi-seed summary names its saved seed's model
             return None
-        return result, read_spec(self.model_dir)
+        return result, read_spec(model_dir)
 
 
 

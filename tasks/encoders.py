@@ -74,8 +74,11 @@ class MLPEncoder(Encoder):
     """
 
     def __init__(self, n_features: int, dim: int = 64, hidden: int = 128, layers: int = 2,
-                 dropout: float = 0.1) -> None:
+                 dropout: float = 0.1, input_dropout: float = 0.0) -> None:
         super().__init__(n_features, dim, context=0)
+        # dropout on the standardised inputs (a dropped feature reads as its mean): a regulariser
+        # for wide pretrained features such as VGG's 512 (no parameters: state dicts unchanged)
+        self.input_drop = nn.Dropout(input_dropout)
         parts: list[nn.Module] = []
         width = n_features
         for _ in range(layers):
@@ -85,7 +88,7 @@ class MLPEncoder(Encoder):
         self.body = nn.Sequential(*parts)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.body(self.standardize(x))
+        return self.body(self.input_drop(self.standardize(x)))
 
 
 def dilations(context: int, blocks: int) -> list[int]:
@@ -183,7 +186,8 @@ def build_encoder(config: EncoderConfig, n_features: int, kind: str | None = Non
     """
     kind = kind or config.kind
     if kind == "mlp":
-        enc: Encoder = MLPEncoder(n_features, config.dim, config.mlp.hidden, config.mlp.layers, config.dropout)
+        enc: Encoder = MLPEncoder(n_features, config.dim, config.mlp.hidden, config.mlp.layers, config.dropout,
+                                  config.input_dropout)
     elif kind == "temporal":
         t = config.temporal
         enc = TemporalConvEncoder(n_features, config.dim, t.context_frames, t.channels, t.blocks, config.dropout,

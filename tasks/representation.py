@@ -65,7 +65,7 @@ def open_for_probe(config: PipelineConfig, layout: RootLayout) -> DatasetStore:
 
 
 def probe_split(labels: np.ndarray, gold: np.ndarray, offsets: np.ndarray,
-                train: TrainConfig) -> tuple[np.ndarray, FrameSplit]:
+                train: TrainConfig, codes: np.ndarray | None = None) -> tuple[np.ndarray, FrameSplit]:
     """Bool per frame, true where the frame's sequence is held out from the probes; and training's split.
 
     Held out: training's validation sequences and the sequences holding gold-only test frames
@@ -73,7 +73,7 @@ def probe_split(labels: np.ndarray, gold: np.ndarray, offsets: np.ndarray,
     frames stays on the probes' training side, so no held-out label was trained on (training
     only chose its best epoch on the validation labels).
     """
-    split = split_frames(labels, gold, offsets, train)
+    split = split_frames(labels, gold, offsets, train, codes)
     lengths = np.diff(offsets)
     trained_on = np.add.reduceat(split.train_frames.astype(np.int64), offsets[:-1]) > 0 if len(lengths) \
         else np.zeros(0, bool)
@@ -216,7 +216,8 @@ def pretrain_encoder(config: PipelineConfig, layout: RootLayout) -> SimCLRResult
     after a crash resumes from the last epoch.
     """
     store = open_for_probe(config, layout)
-    held_out, _ = probe_split(store.read_labels(), store.read_gold(), store.offsets, config.train)
+    held_out, _ = probe_split(store.read_labels(), store.read_gold(), store.offsets, config.train,
+                              store.read_split())
     key = simclr_key(store.version, config.train, config.probe.simclr, config.probe.seed, held_out)
     folder = layout.run_dir(config.name, f"simclr-{key}")
     log.info("SimCLR pretraining on %d frames (%d held-out frames left out) in %s", (~held_out).sum(),
@@ -243,7 +244,7 @@ def probe_representations(config: PipelineConfig, layout: RootLayout, model_dirs
     device = pick_device(config.train)
     set_determinism(config.train, device)
     labels, gold = store.read_labels(), store.read_gold()
-    held_out, split = probe_split(labels, gold, store.offsets, config.train)
+    held_out, split = probe_split(labels, gold, store.offsets, config.train, store.read_split())
     longest = int(np.diff(store.offsets).max())
     kind = resolve_kind(config.train.encoder, longest)
     crop = 1 if longest == 1 else config.train.loader.crop_frames

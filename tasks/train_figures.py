@@ -124,9 +124,9 @@ def learning_curves_figure(history: History) -> Figure:
         ax_loss.plot(epochs, [_nan(r.val_loss) for r in rows], "--", color=line.get_color(), label=f"{name} val")
         ax_acc.plot(epochs, [_nan(r.val_accuracy) for r in rows], color=line.get_color(),
                     label=f"{name} val (annotators)")
-        if any(r.consensus_accuracy is not None for r in rows):
-            ax_acc.plot(epochs, [_nan(r.consensus_accuracy) for r in rows], ":", color=line.get_color(),
-                        label=f"{name} consensus vs gold")
+        if any(r.val_gold_accuracy is not None for r in rows):
+            ax_acc.plot(epochs, [_nan(r.val_gold_accuracy) for r in rows], ":", color=line.get_color(),
+                        label=f"{name} consensus vs validation gold")
     ax_loss.set(title="Loss", xlabel="epoch", ylabel="cross-entropy")
     ax_acc.set(title="Accuracy", xlabel="epoch", ylabel="accuracy")
     for ax in (ax_loss, ax_acc):

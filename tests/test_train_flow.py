@@ -44,7 +44,7 @@ def test_summary_has_what_the_cli_and_predict_need(demo):
     assert Path(summary.model_dir, "weights.pt").is_file()
     m = summary.metrics
     for r in (m, m.mv, m.ds):
-        assert 0.8 < r.val_accuracy < 1 and 0.9 < r.consensus_accuracy <= 1
+        assert 0.8 < r.val_accuracy < 1 and 0.9 < r.val_gold_accuracy <= 1
         assert set(r.val_accuracy_per_annotator) == set(store.annotators)
         assert r.test_accuracy is None  # every demo frame has crowd labels: no test frames
     json.dumps(summary.to_json())
@@ -71,7 +71,7 @@ def test_mlflow_run_holds_params_curves_model_and_figures(demo):
     assert run.data.tags["annostyle.version"] == summary.version
     [dataset_input] = run.inputs.dataset_inputs
     assert dataset_input.dataset.digest == summary.version
-    for key in ("val_accuracy", "mv.val_accuracy", "ds.consensus_accuracy", "train_loss", "val_accuracy.ann3"):
+    for key in ("val_accuracy", "mv.val_accuracy", "ds.val_gold_accuracy", "train_loss", "val_accuracy.ann3"):
         assert len(client.get_metric_history(run.info.run_id, key)) == summary.epochs, key
     assert run.data.metrics["final.val_accuracy"] == pytest.approx(summary.metrics.val_accuracy)
     artifacts = {f.path for f in client.list_artifacts(run.info.run_id, "figures")}
@@ -144,8 +144,11 @@ def test_rerun_finds_the_finished_checkpoint_and_the_cli_prints_json(demo, capsy
     assert again["model_run_id"] != summary.model_run_id  # every training is a run
     for key in ("model_run_id", "device", "epochs", "head", "version", "model_dir"):
         assert key in again
-    for key in ("val_accuracy", "val_accuracy_per_annotator", "consensus_accuracy", "test_accuracy", "mv", "ds"):
+    for key in ("val_accuracy", "val_accuracy_per_annotator", "val_gold_accuracy", "test_accuracy", "mv", "ds"):
         assert key in again["metrics"]
+    assert "consensus_accuracy" not in again["metrics"]  # it pooled validation and test gold
+    assert again["selection"] == "gold" and again["split"] == "random" and set(again["test_accuracy"]) == {
+        "model", "mv", "ds"}
 
 
 def test_label_only_dataset_reports_the_aggregators_and_no_model(prefect_harness, root):

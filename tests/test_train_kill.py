@@ -20,7 +20,7 @@ from tasks.train import train_model
 OVERRIDES = {
     "source": {"n_sequences": 12, "sequence_length": 500},
     "train": {"threads": 1, "head": {"kind": "conal"}, "baselines": ["mv"],
-              "optim": {"max_epochs": 6, "patience": 6}},
+              "optim": {"max_epochs": 6, "patience": 6}, "checkpoint_every_s": 0},
 }
 TRAIN = """
 import json, sys

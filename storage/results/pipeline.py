@@ -14,7 +14,7 @@ from pydantic import SerializerFunctionWrapHandler, model_serializer
 
 from storage.results import ResultModel, StageResult
 from storage.results.analyze import AriVsTruth, Clusters, LabelCounts, Number, PartialSums
-from storage.results.train import TrainMetrics
+from storage.results.train import MeanSd, TrainMetrics
 
 Status = Literal["ran", "reused", "skipped"]
 
@@ -65,6 +65,8 @@ class PipelineResult(StageResult):
     cophenetic_correlation: Number
     metrics: TrainMetrics | None
     model_dir: str | None
+    train_seed: int | None = None  # the seed whose model was predicted and analysed (train.seeds' first)
+    train_summary: dict[str, dict[str, MeanSd]] = {}  # model -> metric -> mean and sd over the seeds
     prediction_store: str | None
     tracking_uri: str
     root: str

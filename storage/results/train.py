@@ -12,18 +12,20 @@ from storage.results import ResultModel, StageResult
 
 
 class EpochMetrics(ResultModel):
-    """One model after one epoch, on the validation frames (crowd labels) and the test frames (gold).
+    """One model after one epoch, on the validation items (crowd labels and gold).
 
-    `val_accuracy` compares each annotator's output with that annotator's validation labels (a
-    baseline gives its one prediction for everyone); `consensus_accuracy` the consensus with gold
-    on validation and test frames; `val_gold_accuracy` and `test_accuracy` on each alone.
+    `val_loss` is the cross-entropy of the validation items' crowd labels under the model's
+    annotator outputs (a baseline gives its one distribution for everyone); `val_accuracy`
+    compares each annotator's output with that annotator's validation labels;
+    `val_gold_accuracy` the consensus with the validation items' gold. `test_accuracy` (the
+    consensus against the test items' gold) is measured once, on the kept epoch only: it is None
+    in the per-epoch history, so no test label can reach selection.
     """
 
     val_loss: float | None = None
     val_accuracy: float | None = None
     val_accuracy_per_annotator: dict[str, float | None] = {}
     val_accuracy_annotator_mean: float | None = None
-    consensus_accuracy: float | None = None
     val_gold_accuracy: float | None = None
     test_accuracy: float | None = None
     train_loss: float | None = None
@@ -46,7 +48,8 @@ class AggregatorMetrics(ResultModel):
 
 
 class TrainMetrics(EpochMetrics):
-    """The annotator model's best-epoch metrics (flat) and each baseline's under its name.
+    """The annotator model's kept-epoch metrics (flat), the compared heads' under `heads` and each
+    baseline's under its name.
 
     With a model, `mv` / `ds` are the baseline classifiers (`BestMetrics`, None when not trained);
     without features they are the aggregators' report (`AggregatorMetrics`) and the model fields
@@ -55,12 +58,43 @@ class TrainMetrics(EpochMetrics):
 
     best_epoch: int | None = None
     epochs: int | None = None
+    heads: dict[str, BestMetrics] = {}
     mv: BestMetrics | AggregatorMetrics | None = None
     ds: BestMetrics | AggregatorMetrics | None = None
 
     def baselines(self) -> dict[str, BestMetrics | AggregatorMetrics]:
         """The baselines (or aggregators) present, by name."""
         return {name: m for name, m in (("mv", self.mv), ("ds", self.ds)) if m is not None}
+
+    def models(self, main: str = "model") -> dict[str, EpochMetrics]:
+        """Every trained model's kept-epoch metrics: the annotator model (as `main`), the compared
+        heads, the baseline classifiers (aggregators of a label-only dataset are not models)."""
+        out: dict[str, EpochMetrics] = {main: self, **self.heads}
+        out.update({k: m for k, m in self.baselines().items() if isinstance(m, EpochMetrics)})
+        return out
+
+
+class MeanSd(ResultModel):
+    """A metric over seeds: mean, sample standard deviation (None for one seed) and count."""
+
+    mean: float | None
+    sd: float | None
+    n: int
+
+
+class SeedRun(ResultModel):
+    """One seed's training in a multi-seed run: its run folder, model and kept-epoch metrics."""
+
+    seed: int
+    key: str
+    model_dir: str | None
+    checkpoint_dir: str | None
+    history_path: str | None
+    epochs: int
+    best_epoch: int | None
+    resumed_from_epoch: int | None = None
+    seconds: float | None = None
+    metrics: TrainMetrics
 
 
 class TrainResult(StageResult):
@@ -90,7 +124,14 @@ class TrainResult(StageResult):
     seconds: float | None = None
     train_frames_per_s: float | None = None
     model_run_id: str | None = None  # the MLflow run that logged the model (also in its model.json)
-    metrics: TrainMetrics
+    split: str | None = None  # the split used: data, random or none
+    selection: str | None = None  # how the kept epoch was chosen: gold, crowd or last
+    n_val_gold_frames: int | None = None
+    seed: int | None = None  # the seed whose model is saved (predict and analyze use it): the first
+    test_accuracy: dict[str, float | None] = {}  # per model, on the test items' gold (mean over seeds)
+    seeds: list[SeedRun] = []  # every seed's run (one entry per seed, also for one seed)
+    summary: dict[str, dict[str, MeanSd]] = {}  # model -> metric -> mean and sd over the seeds
+    metrics: TrainMetrics  # the saved seed's metrics
 
 
 class FinetuneMetrics(ResultModel):

@@ -108,7 +108,7 @@ def describe_run(client: MlflowClient, run: Run) -> RunRecord:
         _run_or_none(client, (stages.get("train") or {}).get("run_id"))
     if train is not None:
         metrics.update({k: v for k, v in train.data.metrics.items()
-                        if k.startswith(("final.", "val_")) or k.endswith("consensus_accuracy")})
+                        if k.startswith(("final.", "val_", "mean.", "sd.")) or k.endswith("consensus_accuracy")})
     ari = ((summary or {}).get("ari_vs_truth") or {}).get("distances")
     return RunRecord(
         run_id=run.info.run_id,

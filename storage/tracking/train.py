@@ -20,7 +20,7 @@ import mlflow
 
 from configs.schema import PipelineConfig
 from storage.layout import RootLayout
-from storage.results.train import AggregatorMetrics, EpochMetrics, TrainResult
+from storage.results.train import AggregatorMetrics, EpochMetrics, TrainMetrics, TrainResult
 from storage.tracking import log_metrics, log_store_input, stage_run
 
 if TYPE_CHECKING:  # torch and Matplotlib load only when a model is logged (a label-only run has none)
@@ -28,8 +28,8 @@ if TYPE_CHECKING:  # torch and Matplotlib load only when a model is logged (a la
 
     from storage.model_store import LoggedModel
 
-SCALARS = ("train_loss", "val_loss", "val_accuracy", "val_accuracy_annotator_mean", "consensus_accuracy",
-           "val_gold_accuracy", "test_accuracy")
+SCALARS = ("train_loss", "val_loss", "val_accuracy", "val_accuracy_annotator_mean", "val_gold_accuracy",
+           "test_accuracy")
 
 Table = Mapping[str, Sequence[str | float | None]]
 """A table as MLflow logs it: column name -> values."""
@@ -75,6 +75,7 @@ def record_train(layout: RootLayout, config: PipelineConfig, result: TrainResult
             _record_label_only(result)
         else:
             _record_model(result)
+            _record_seed_runs(layout, result)
         if model is not None:
             _log_pytorch_model(model, f"head {result.head}, run folder {result.model_dir}")
         for path, table in (tables or {}).items():
@@ -99,16 +100,41 @@ def _record_label_only(result: TrainResult) -> None:
 
 
 def _record_model(result: TrainResult) -> None:
-    from storage.model_store import RunFolder
-
-    if result.checkpoint_dir:
-        for epoch, models in enumerate(RunFolder(Path(result.checkpoint_dir)).read_history()):
-            log_metrics(epoch_metrics(models), step=epoch + 1)
-    baselines = {k: m for k, m in result.metrics.baselines().items() if isinstance(m, EpochMetrics)}
-    flat = epoch_metrics({"model": result.metrics, **baselines})
-    log_metrics({f"final.{k}": v for k, v in flat.items()})
+    """The saved seed's curves and kept-epoch metrics (`final.*`), the mean and sd over the seeds
+    (`mean.<model>.<metric>`, `sd.<model>.<metric>`)."""
+    _record_seed(result.checkpoint_dir, result.metrics)
     log_metrics({"epochs": result.epochs, "best_epoch": result.best_epoch, "seconds": result.seconds,
                  "train_frames_per_s": result.train_frames_per_s})
+    for model, stats in result.summary.items():
+        for key, value in stats.items():
+            log_metrics({f"mean.{model}.{key}": value.mean, f"sd.{model}.{key}": value.sd})
+    mlflow.set_tags({"annostyle.selection": str(result.selection), "annostyle.split": str(result.split),
+                     "annostyle.seed": str(result.seed)})
+
+
+def _record_seed(checkpoint_dir: str | None, metrics: TrainMetrics) -> None:
+    """One seed's per-epoch curves (from its history) and kept-epoch metrics as `final.*`."""
+    from storage.model_store import RunFolder
+
+    if checkpoint_dir:
+        for epoch, models in enumerate(RunFolder(Path(checkpoint_dir)).read_history()):
+            log_metrics(epoch_metrics(models), step=epoch + 1)
+    flat = epoch_metrics(metrics.models())
+    log_metrics({f"final.{k}": v for k, v in flat.items()})
+    log_metrics({f"final.{name}.best_epoch" if name != "model" else "final.best_epoch":
+                 getattr(m, "best_epoch", None) for name, m in metrics.models().items()})
+
+
+def _record_seed_runs(layout: RootLayout, result: TrainResult) -> None:
+    """A nested run per seed (several seeds only), with its curves and kept-epoch metrics."""
+    if len(result.seeds) < 2:
+        return
+    for seed in result.seeds:
+        tags = {"annostyle.seed": str(seed.seed), "annostyle.train_key": seed.key,
+                "annostyle.saved": str(seed.seed == result.seed).lower()}
+        with stage_run(layout, result.dataset, f"train-seed{seed.seed}", {"train.seed": seed.seed}, tags):
+            _record_seed(seed.checkpoint_dir, seed.metrics)
+            log_metrics({"epochs": seed.epochs, "best_epoch": seed.best_epoch, "seconds": seed.seconds})
 
 
 def _log_pytorch_model(model: LoggedModel, which: str) -> None:

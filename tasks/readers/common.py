@@ -13,7 +13,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from configs.inputs import MAX_ANNOTATORS, MAX_FRAMES, MAX_LABEL_CELLS, check_classes, check_count
+from configs.inputs import (
+    MAX_ANNOTATORS,
+    MAX_FEATURES_PER_FRAME,
+    MAX_FRAMES,
+    MAX_LABEL_CELLS,
+    MAX_TABLE_BYTES,
+    check_classes,
+    check_count,
+    check_regular,
+    check_size,
+)
 from errors import InputError
 from storage.batch import MISSING, class_key
 
@@ -235,3 +245,32 @@ def require_columns(file: str | Path, found: Sequence[str], wanted: dict[str, st
             raise InputError(
                 file, key, name, f"column not found; columns found: [{', '.join(map(str, found))}]"
             )
+
+
+def npy_features(path: Path, field: str) -> np.ndarray:
+    """A .npy feature array (row i is item i) as float32; `field` names the config key for errors.
+
+    The file is mapped, not read, so its header is checked against its size (a truncated file
+    or a header claiming a huge shape is an error, not an allocation) before the rows are copied.
+    """
+    check_size(path, field, check_regular(path, field), MAX_TABLE_BYTES)
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError) as err:
+        problem = " ".join(str(err).split())
+        if isinstance(err, EOFError) or "mmap length" in problem:
+            problem = "empty or truncated file (the header's shape needs more bytes than the file holds)"
+        raise InputError(path, field, None, f"cannot read the .npy: {problem}") from err
+    if not isinstance(array, np.ndarray):
+        raise InputError(path, field, type(array).__name__, "need a .npy array (not a .npz archive)")
+    if array.ndim < 1 or array.dtype.kind not in "biuf":
+        raise InputError(path, field, str(array.dtype), f"need a numeric array of rows, got shape {array.shape}")
+    check_count(path, field, array.shape[0], MAX_FRAMES, "feature rows")
+    width = int(np.prod(array.shape[1:], dtype=np.int64))
+    if width == 0:
+        raise InputError(path, field, list(array.shape), "need at least one feature value per row (zero-width features)")
+    check_count(path, field, width, MAX_FEATURES_PER_FRAME, "feature values per row")
+    try:
+        return np.array(array, dtype=np.float32)
+    except MemoryError as err:
+        raise InputError(path, field, list(array.shape), "too large to load into memory") from err

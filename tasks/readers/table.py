@@ -20,16 +20,14 @@ import pandas as pd
 import yaml
 
 from configs.inputs import (
-    MAX_FEATURES_PER_FRAME,
     MAX_FRAMES,
     MAX_SEQUENCE_FRAMES,
     MAX_TABLE_BYTES,
     check_count,
-    check_regular,
-    check_size,
     open_input,
 )
 from configs.sources import TableSource
+from configs.splits import SPLIT_NAMES, UNASSIGNED, split_code
 from errors import InputError
 from storage.batch import Batch
 from tasks.readers.common import (
@@ -38,6 +36,7 @@ from tasks.readers.common import (
     encode_with_gold,
     fill_labels,
     gold_per_frame,
+    npy_features,
     plain,
     require_columns,
     sort_codes,
@@ -63,17 +62,25 @@ def read_table(
         wanted["sequence_column"], wanted["frame_column"] = sequences
     names = [src.annotator_column, src.item_column, src.label_column] + ([sequences[0]] if sequences else [])
     names += [src.gold_column] if src.gold_column is not None else []
+    names += [src.split_column] if src.split_column is not None else []
     table = read_frame(path, src.format, "format", text_columns=names)
     require_columns(path, list(table.columns), wanted)
     if table.empty:
         raise InputError(path, None, 0, "empty table: a header but no rows")
     has_items = src.item_column in table.columns
+    gold_table = _read_gold_table(src, sequences is not None and not has_items)
+    _split_column_somewhere(src, table, gold_table)
 
     ann_codes, ann_names = encode_names(table[src.annotator_column])
-    gold_values = table[src.gold_column] if src.gold_column is not None else None
+    gold_values, n_column_gold = _gold_values(src, table, gold_table)
+    gold_file = Path(src.gold) if src.gold is not None else path
+
+    def gold_at(position: int) -> Path:
+        return path if position < n_column_gold else gold_file
+
     label_codes, gold_codes, class_list = encode_with_gold(
         table[src.label_column], gold_values, classes,
-        (path, src.label_column), (path, str(src.gold_column)),
+        (path, src.label_column), (gold_at, str(src.gold_column or src.gold_label_column)),
     )
     _check_pairs(path, src, ann_codes, label_codes)
     ann_codes, ann_names = sort_codes(ann_codes, ann_names)
@@ -88,6 +95,9 @@ def read_table(
         seq_names, lengths = None, None
     else:
         frame, seq_names, lengths, item_names = _frames_of_sequences(path, src, table, sequences, has_items)
+    gold_frame = np.zeros(0, np.int64)
+    if gold_table is not None and item_names is not None:
+        gold_frame, item_names = _gold_frames(src, gold_table, item_names, sequences is None)
 
     features = None
     if src.features is not None:
@@ -107,13 +117,22 @@ def read_table(
     )
     gold = None
     if gold_codes is not None:
-        gold = gold_per_frame(n_frames, frame, gold_codes, path, str(src.gold_column), frame_name)
+        column_frames = frame if src.gold_column is not None else np.zeros(0, np.int64)
+        gold = gold_per_frame(n_frames, np.concatenate([column_frames, gold_frame]), gold_codes, gold_file,
+                              str(src.gold_column or src.gold_label_column), frame_name)
+    split = None
+    if src.split_column is not None or gold_table is not None:  # a gold file: gold-only items need a split
+        split = _split_per_frame(src, n_frames, frame, table, gold_frame, gold_table, frame_name)
 
     sources = {"labels": str(path)}
-    if src.gold_column is not None:
-        sources["gold"] = str(path)
+    if src.gold_column is not None or src.gold is not None:
+        sources["gold"] = ", ".join(dict.fromkeys(
+            ([str(path)] if src.gold_column is not None else []) + ([str(src.gold)] if src.gold is not None else [])))
     if src.features is not None:
         sources["features"] = str(src.features)
+    if split is not None:
+        sources["split"] = str(path) if src.gold is None or (
+            src.split_column is not None and src.split_column in table.columns) else str(src.gold)
     return Batch(
         sequence_names=seq_names,
         sequence_lengths=lengths,
@@ -124,7 +143,104 @@ def read_table(
         features=features,
         item_names=item_names,
         sources=sources,
+        split=split,
     )
+
+
+def _read_gold_table(src: TableSource, no_item_column: bool) -> pd.DataFrame | None:
+    """The gold file (a table keyed by item), or None; its item and gold columns must be there."""
+    if src.gold is None:
+        return None
+    path = Path(src.gold)
+    if no_item_column:
+        raise InputError(path, "gold", str(path), "a gold file is keyed by item: with sequences, set item_column "
+                                                  "(the label table's item ids) too")
+    key = src.gold_item_column or src.item_column
+    names = [key, src.gold_label_column] + ([src.split_column] if src.split_column is not None else [])
+    gold = read_frame(path, None, "gold", text_columns=names)
+    require_columns(path, list(gold.columns), {"gold_item_column": key, "gold_label_column": src.gold_label_column})
+    if gold.empty:
+        raise InputError(path, "gold", 0, "empty gold file: a header but no rows")
+    return gold
+
+
+def _split_column_somewhere(src: TableSource, table: pd.DataFrame, gold: pd.DataFrame | None) -> None:
+    if src.split_column is None or src.split_column in table.columns or (
+            gold is not None and src.split_column in gold.columns):
+        return
+    where = f"{src.path}" + (f" or {src.gold}" if gold is not None else "")
+    raise InputError(src.path, "split_column", src.split_column, f"column not found in {where}; columns found: "
+                                                                 f"[{', '.join(map(str, table.columns))}]")
+
+
+def _gold_values(src: TableSource, table: pd.DataFrame, gold: pd.DataFrame | None) -> tuple[np.ndarray | None, int]:
+    """Gold values of the label rows (gold_column) then of the gold file's rows, and how many
+    come from the label rows."""
+    parts = []
+    if src.gold_column is not None:
+        parts.append(table[src.gold_column].to_numpy(dtype=object))
+    if gold is not None:
+        parts.append(gold[src.gold_label_column].to_numpy(dtype=object))
+    if not parts:
+        return None, 0
+    return np.concatenate(parts), len(table) if src.gold_column is not None else 0
+
+
+def _gold_frames(src: TableSource, gold: pd.DataFrame, item_names: list[str], items_only: bool
+                 ) -> tuple[np.ndarray, list[str]]:
+    """The frame of each gold-file row; items the label table does not name are added (items only)."""
+    path = Path(src.gold) if src.gold is not None else Path(src.path)
+    key = src.gold_item_column or src.item_column
+    codes, names = encode_names(gold[key])
+    _no_gaps(path, key, codes)
+    index = {name: i for i, name in enumerate(item_names)}
+    added = [name for name in names if name not in index]
+    if added and not items_only:
+        raise InputError(path, key, added[0], "with sequences, every item of the gold file must be a frame "
+                                              "of the label table")
+    item_names = item_names + added
+    index.update({name: len(index) + i for i, name in enumerate(added)})
+    lookup = np.array([index[name] for name in names], dtype=np.int64)
+    return lookup[codes], item_names
+
+
+def _split_per_frame(src: TableSource, n_frames: int, frame: np.ndarray, table: pd.DataFrame,
+                     gold_frame: np.ndarray, gold: pd.DataFrame | None, frame_name: Callable[[int], str]) -> np.ndarray:
+    """One split code per frame from the split column of the label rows and of the gold file;
+    rows of one item must agree, an empty value gives none."""
+    split = np.full(n_frames, UNASSIGNED, np.int8)
+    column = src.split_column
+    if column is None:
+        return split
+    sources = [(Path(src.path), table, frame)] + ([(Path(str(src.gold)), gold, gold_frame)] if gold is not None else [])
+    for path, rows, frames in sources:
+        if column not in rows.columns:
+            continue
+        values = rows[column].to_numpy(dtype=object)
+        uniques, inverse = np.unique(np.asarray([str(v) if v is not None and v == v else "" for v in values]),
+                                     return_inverse=True)
+        codes_of: list[int] = []
+        for value in uniques:
+            code = split_code(value)
+            if code is None:
+                row = int(np.flatnonzero(inverse == len(codes_of))[0])
+                raise InputError(path, column, plain(values[row]),
+                                 f"row {row + 2}: unknown split; use train, valid or test (or leave it empty)")
+            codes_of.append(code)
+        codes = np.asarray(codes_of, np.int8)[inverse]
+        given = codes >= 0
+        at, codes_given = frames[given], codes[given]
+        first = np.full(n_frames, UNASSIGNED, np.int8)
+        first[at[::-1]] = codes_given[::-1]  # each frame's first given split (the earlier file's wins)
+        ref = np.where(split >= 0, split, first)
+        differs = np.flatnonzero(codes_given != ref[at])
+        if len(differs):
+            r = int(np.flatnonzero(given)[int(differs[0])])
+            raise InputError(path, column, plain(values[r]),
+                             f"row {r + 2}: {frame_name(int(frames[r]))} is given two different splits "
+                             f"({SPLIT_NAMES[int(ref[frames[r]])]!r} before)")
+        split = ref.astype(np.int8)
+    return split
 
 
 def read_frame(path: Path, fmt: str | None, key: str, text_columns: Sequence[str] = (),
@@ -275,32 +391,8 @@ def _read_features(
 
 
 def _npy_rows(path: Path) -> tuple[np.ndarray, list[str]]:
-    """A .npy feature array (row i is item id i); its row names are implied, so none are returned.
-
-    The file is mapped, not read, so its header is checked against its size (a truncated file
-    or a header claiming a huge shape is an error, not an allocation) before the rows are copied.
-    """
-    check_size(path, "features", check_regular(path, "features"), MAX_TABLE_BYTES)
-    try:
-        array = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError, EOFError) as err:
-        problem = " ".join(str(err).split())
-        if isinstance(err, EOFError) or "mmap length" in problem:
-            problem = "empty or truncated file (the header's shape needs more bytes than the file holds)"
-        raise InputError(path, "features", None, f"cannot read the .npy: {problem}") from err
-    if not isinstance(array, np.ndarray):
-        raise InputError(path, "features", type(array).__name__, "need a .npy array (not a .npz archive)")
-    if array.ndim < 1 or array.dtype.kind not in "biuf":
-        raise InputError(path, "features", str(array.dtype), f"need a numeric array of rows, got shape {array.shape}")
-    check_count(path, "features", array.shape[0], MAX_FRAMES, "feature rows")
-    width = int(np.prod(array.shape[1:], dtype=np.int64))
-    if width == 0:
-        raise InputError(path, "features", list(array.shape), "need at least one feature value per row (zero-width features)")
-    check_count(path, "features", width, MAX_FEATURES_PER_FRAME, "feature values per row")
-    try:
-        return np.array(array, dtype=np.float32), []
-    except MemoryError as err:
-        raise InputError(path, "features", list(array.shape), "too large to load into memory") from err
+    """A .npy feature array (row i is item id i); its row names are implied, so none are returned."""
+    return npy_features(path, "features"), []
 
 
 def _table_rows(path: Path, src: TableSource) -> tuple[np.ndarray, list[str]]:
