@@ -23,6 +23,7 @@ REAL := bluebirds rte temp wsd dreem labelme
 demo: setup
 	$(VENV)/bin/annostyle run $(REAL:%=configs/%.yaml) configs/demo.yaml --root $(ROOT)
 	$(VENV)/bin/annostyle probe configs/demo.yaml --root $(ROOT)
+	$(VENV)/bin/annostyle server stop --root $(ROOT)
 
 # the default run skips tests marked slow (each of those starts servers, trains or runs a whole
 # pipeline); CI runs both
