@@ -44,6 +44,8 @@ def cli_print(result: IngestResult) -> None:
     print(f"  {result.n_items:,} items in {result.n_sequences:,} sequences, "
           f"{result.n_annotators} annotators, {result.n_labels:,} labels, "
           f"{result.n_classes} classes {result.class_names}")
+    if result.split_counts:
+        print("  split: " + ", ".join(f"{n:,} {name}" for name, n in result.split_counts.items()))
     if result.batch_status == "appended":
         print(f"  this batch: {batch.new_frames:,} new frames, {batch.changed_frames:,} changed, "
               f"{batch.labels_added:,} labels added, {batch.stored_bytes:,} bytes written")

@@ -475,6 +475,7 @@ class DatasetStore:
             "classes": self.classes,
             "class_names": self.class_names,
             "has_features": self.has_features,
+            "split_counts": self.split_counts,
             "store": self.uri,
         }
 

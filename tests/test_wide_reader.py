@@ -5,6 +5,7 @@ field and the value named, the store untouched)."""
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -72,9 +73,11 @@ def test_labelme_reads_as_published():
     assert float((batch.labels[rows, cols] == batch.gold[rows]).mean()) == pytest.approx(0.740, abs=0.0005)
 
 
-def test_labelme_ingests_with_its_split(prefect_harness, tmp_path):
+def test_labelme_ingests_with_its_split(prefect_harness, tmp_path, capsys):
     root = tmp_path / "root"
-    assert main(["ingest", str(CONFIGS / "labelme.yaml"), "--root", str(root)]) == 0
+    assert main(["ingest", str(CONFIGS / "labelme.yaml"), "--root", str(root), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["split_counts"] == {"train": 1000, "valid": 500, "test": 1188, "none": 0}
     store = DatasetStore.open(RootLayout(root).dataset_uri("labelme"))
     assert store.has_split and store.split_counts == {"train": 1000, "valid": 500, "test": 1188, "none": 0}
     split = store.read_split()

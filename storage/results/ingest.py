@@ -35,6 +35,7 @@ class IngestResult(StageResult):
     classes: list[str]
     class_names: list[str]
     has_features: bool
+    split_counts: dict[str, int] = {}  # frames per split the data gives ({} when it gives none)
     store: str
     annotators: list[str]
     batch_status: str  # "appended" or "unchanged"
