@@ -120,6 +120,26 @@ def encoder_for(cfg: TrainConfig, data: dict[str, np.ndarray], seed: int) -> MLP
     return enc
 
 
+def best_on_validation(net: nn.Module, epochs: int, train_epoch, predict, x_val, y_val, x_test, y_test
+                       ) -> tuple[float, int]:
+    """Run `train_epoch(epoch)` for every epoch, keep the weights with the best validation gold
+    accuracy of `predict(x)` (class logits), and return their test accuracy and epoch."""
+    best, best_state, best_epoch = -1.0, None, 0
+    for epoch in range(epochs):
+        net.train()
+        train_epoch(epoch)
+        net.eval()
+        with torch.no_grad():
+            acc = float((predict(x_val).argmax(-1) == y_val).float().mean())
+        if acc > best:
+            best, best_epoch = acc, epoch + 1
+            best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+    assert best_state is not None
+    net.load_state_dict(best_state)
+    with torch.no_grad():
+        return float((predict(x_test).argmax(-1) == y_test).float().mean()), best_epoch
+
+
 def hand_loop(train: dict, device: str) -> dict:
     """A plain PyTorch loop over in-memory tensors on the same network."""
     t0 = time.perf_counter()
@@ -136,10 +156,9 @@ def hand_loop(train: dict, device: str) -> dict:
     labels = torch.from_numpy(data["answers"]).to(device)
     y_val, y_test = (torch.from_numpy(data[f"y_{s}"]).to(device) for s in ("valid", "test"))
     n, steps = len(labels), -(-len(labels) // 64)
-    best, best_state, best_epoch = -1.0, None, 0
     gen = torch.Generator().manual_seed(seed)
-    for epoch in range(epochs):
-        net.train()
+
+    def train_epoch(epoch: int) -> None:
         order = torch.randperm(n, generator=gen).to(device)
         for i in range(steps):
             rows = order[i * 64: (i + 1) * 64]
@@ -150,16 +169,9 @@ def hand_loop(train: dict, device: str) -> dict:
             loss.backward()
             nn.utils.clip_grad_norm_(net.parameters(), cfg.optim.grad_clip or float("inf"))
             opt.step()
-        net.eval()
-        with torch.no_grad():
-            acc = float((head.consensus_logits(enc(x["valid"])[:, 0]).argmax(-1) == y_val).float().mean())
-        if acc > best:
-            best, best_epoch = acc, epoch + 1
-            best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
-    assert best_state is not None
-    net.load_state_dict(best_state)
-    with torch.no_grad():
-        test = float((head.consensus_logits(enc(x["test"])[:, 0]).argmax(-1) == y_test).float().mean())
+
+    test, best_epoch = best_on_validation(net, epochs, train_epoch, lambda v: head.consensus_logits(enc(v)[:, 0]),
+                                          x["valid"], y_val, x["test"], y_test)
     return {"seconds": time.perf_counter() - t0, "test_accuracy": test, "best_epoch": best_epoch}
 
 
@@ -187,10 +199,9 @@ def crowdkit_conal(train: dict, device: str) -> dict:
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
     x_val, x_test = (torch.from_numpy(data[f"x_{s}"]).to(device)[:, None, :] for s in ("valid", "test"))
     y_val, y_test = (torch.from_numpy(data[f"y_{s}"]).to(device) for s in ("valid", "test"))
-    best, best_state, best_epoch = -1.0, None, 0
     steps = len(loader)
-    for epoch in range(epochs):
-        net.train()
+
+    def train_epoch(epoch: int) -> None:
         for i, (xb, wb, yb) in enumerate(loader):
             xb, wb, yb = xb.to(device), wb.to(device), yb.to(device)
             for g in opt.param_groups:
@@ -201,16 +212,9 @@ def crowdkit_conal(train: dict, device: str) -> dict:
             loss.backward()
             nn.utils.clip_grad_norm_(net.parameters(), cfg.optim.grad_clip or float("inf"))
             opt.step()
-        net.eval()
-        with torch.no_grad():
-            acc = float((classifier(enc(x_val)[:, 0]).argmax(-1) == y_val).float().mean())
-        if acc > best:
-            best, best_epoch = acc, epoch + 1
-            best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
-    assert best_state is not None
-    net.load_state_dict(best_state)
-    with torch.no_grad():
-        test = float((classifier(enc(x_test)[:, 0]).argmax(-1) == y_test).float().mean())
+
+    test, best_epoch = best_on_validation(net, epochs, train_epoch, lambda v: classifier(enc(v)[:, 0]),
+                                          x_val, y_val, x_test, y_test)
     return {"seconds": time.perf_counter() - t0, "test_accuracy": test, "best_epoch": best_epoch}
 
 

@@ -57,7 +57,7 @@ from storage.results.train import BestMetrics, EpochMetrics, MeanSd, SeedRun, Tr
 from tasks.aggregate import CrowdAggregate, accuracy
 from tasks.encoders import Encoder, TemporalConvEncoder, build_encoder, context_frames_each_side, resolve_kind
 from tasks.heads import ClassifierHead, build_head, head_spec
-from tasks.label_only import NEEDS_FEATURES, label_only_result  # noqa: F401  (torch-free; re-exported)
+from tasks.label_only import label_only_result
 from tasks.loader import (
     ChunkReader,
     FeatureScan,

@@ -57,6 +57,15 @@ def tree_digest(path: Path) -> dict[str, bytes]:
             if p.is_file() and p.name != ".write.lock"}
 
 
+def check_message(err: str, words: list[str]) -> None:
+    """`err` is the command line's one-line error (no traceback) and names each of `words`."""
+    message = err.lower()
+    assert message.startswith("annostyle: error: "), err
+    assert "traceback" not in message, err
+    for word in words:
+        assert word.lower() in message, f"{word!r} not in {err!r}"
+
+
 def make_batch(names, lengths, annotators, labels, *, classes=("a", "b", "c"), features=True,
                gold=None, replace=False, seed=0, source="batch.csv"):
     """A small hand-made batch; features are a deterministic function of the seed."""

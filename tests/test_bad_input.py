@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import numpy.lib.format as npy_format
 import pytest
-from conftest import PROJECT, tree_digest
+from conftest import PROJECT, check_message, tree_digest
 
 from configs.inputs import MAX_ANNOTATORS, MAX_CLASSES, MAX_DEPTH
 from flows.cli import main
@@ -175,14 +175,6 @@ def toy(prefect_harness, tmp_path_factory) -> tuple[Path, Path]:
     root = folder / "root"
     assert main(["ingest", str(good), "--root", str(root)]) == 0
     return root, Path(RootLayout(root).dataset_uri("toy"))
-
-
-def check_message(err: str, words: list[str]) -> None:
-    message = err.lower()
-    assert message.startswith("annostyle: error: "), err
-    assert "traceback" not in message, err
-    for word in words:
-        assert word.lower() in message, f"{word!r} not in {err!r}"
 
 
 @pytest.mark.parametrize("case", list(CASES))
