@@ -245,25 +245,40 @@ def main() -> None:
         run = hand_loop if args.side == "hand" else crowdkit_conal
         print(json.dumps(run(train, train["device"])))
         return
-    rows = []
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "root"
         batch = labelme_batch()
         open_or_create(RootLayout(root).dataset_uri("labelme"), StoreConfig(), batch.classes, None).append(
             batch, progress=False)
-        for seed in range(args.seeds):
-            train = train_section(args.head, args.epochs, seed, args.threads, args.device)
-            before = fresh("hand", train)  # the hand loop runs before and after ours: load changes
-            mine = ours(root, train)        # on a shared machine hit both alike
-            after = fresh("hand", train)
-            hand = {**after, "seconds": (before["seconds"] + after["seconds"]) / 2}
-            rows.append({"ours": mine, "hand": hand, "crowdkit": fresh("crowdkit", train)})
-            r = rows[-1]
-            print(f"seed {seed}: annostyle train {r['ours']['wall']:.1f} s wall (start-up {r['ours']['startup']:.1f} s, "
-                  f"MLflow record {r['ours']['record']:.1f} s), {r['ours']['stage']:.1f} s train stage, test {r['ours']['test_accuracy']:.4f} (epoch {r['ours']['best_epoch']}) | hand loop "
-                  f"{r['hand']['seconds']:.1f} s, test {r['hand']['test_accuracy']:.4f} (epoch "
-                  f"{r['hand']['best_epoch']}) | crowd-kit CoNAL {r['crowdkit']['seconds']:.1f} s, test "
-                  f"{r['crowdkit']['test_accuracy']:.4f} (epoch {r['crowdkit']['best_epoch']})", flush=True)
+        try:
+            rows = run_seeds(args, root)
+        finally:  # the root's Prefect server, started by `annostyle train`, goes with the root
+            subprocess.run([str(Path(sys.executable).parent / "annostyle"), "server", "stop", "--root", str(root)],
+                           capture_output=True, check=False)
+    report(rows, args)
+
+
+def run_seeds(args: argparse.Namespace, root: Path) -> list[dict]:
+    """Each seed: the hand loop, ours, the hand loop again, crowd-kit; one row each."""
+    rows: list[dict] = []
+    for seed in range(args.seeds):
+        train = train_section(args.head, args.epochs, seed, args.threads, args.device)
+        before = fresh("hand", train)  # the hand loop runs before and after ours: load changes
+        mine = ours(root, train)        # on a shared machine hit both alike
+        after = fresh("hand", train)
+        hand = {**after, "seconds": (before["seconds"] + after["seconds"]) / 2}
+        rows.append({"ours": mine, "hand": hand, "crowdkit": fresh("crowdkit", train)})
+        r = rows[-1]
+        print(f"seed {seed}: annostyle train {r['ours']['wall']:.1f} s wall (start-up {r['ours']['startup']:.1f} s, "
+              f"MLflow record {r['ours']['record']:.1f} s), {r['ours']['stage']:.1f} s train stage, test {r['ours']['test_accuracy']:.4f} (epoch {r['ours']['best_epoch']}) | hand loop "
+              f"{r['hand']['seconds']:.1f} s, test {r['hand']['test_accuracy']:.4f} (epoch "
+              f"{r['hand']['best_epoch']}) | crowd-kit CoNAL {r['crowdkit']['seconds']:.1f} s, test "
+              f"{r['crowdkit']['test_accuracy']:.4f} (epoch {r['crowdkit']['best_epoch']})", flush=True)
+    return rows
+
+
+def report(rows: list[dict], args: argparse.Namespace) -> None:
+    """The mean figures of every side and the ratios against the targets."""
 
     def mean(side: str, key: str) -> float:
         return statistics.mean(r[side][key] for r in rows)
