@@ -36,6 +36,28 @@ class PredictConfig(Strict):
     )
 
 
+class StylesConfig(Strict):
+    """The style explanations (`tasks.styles`): each annotator against a reference, quality
+    flags, bout timing, drift and the style cards."""
+
+    enabled: bool = Field(True, description="explain each annotator's and each cluster's style")
+    reference: Literal["others", "model"] = Field(
+        "others", description="what an annotator is compared with: the consensus of the other annotators "
+                              "(leave-one-out) or the trained model's consensus (which saw every annotator)")
+    min_others: int = Field(1, ge=1, le=1000, description="fewest other annotators an item needs to have a "
+                                                          "leave-one-out consensus")
+    background: str | None = Field(
+        None, description="the class behaviour bouts start from and return to (e.g. `other`); bout lags "
+                          "are then measured at the edges bordering it; None: at every edge")
+    frame_rate: float | None = Field(None, gt=0, le=1e6, description="frames per second, to give lags in "
+                                                                     "seconds as well as frames")
+    constant_share: float = Field(0.95, gt=0.5, le=1.0, description="an annotator giving one answer this "
+                                                                    "often (and the others not) is flagged constant")
+    min_labels: int = Field(10, ge=2, description="annotators with fewer compared labels get no flags")
+    level: float = Field(0.01, gt=0, lt=0.5, description="test level of the near-random, adversarial and "
+                                                         "drift flags (Bonferroni-corrected over annotators)")
+
+
 class AnalyzeConfig(Strict):
     """How annotators are grouped by style (and what item-level views are made)."""
 
@@ -73,6 +95,7 @@ class AnalyzeConfig(Strict):
     umap: bool = Field(False, description="UMAP projections (opt-in: importing umap takes seconds, about a "
                                           "minute the first time on a machine while Numba compiles)")
     umap_sample: int = Field(1000, ge=20, description="most frames UMAP runs on")
+    styles: StylesConfig = StylesConfig()
     figures: bool = True
     seed: int = Field(0, ge=0, le=MAX_SEED)
 

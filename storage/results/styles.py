@@ -1,0 +1,167 @@
+"""What the style explanations say (`tasks.styles`): each annotator against a reference, in numbers
+and in words.
+
+The reference of an annotator is, by default, the consensus of the *other* annotators on the
+items it labelled (leave-one-out, so nobody is compared with itself); `reference` names it:
+"others", "model" (the trained model's consensus, which saw every annotator) or "gold".
+Frame counts are frames (items for crowd data); lags are in frames, negative = earlier than the
+reference, and `frame_rate` (when the config gives one) turns them into seconds.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from storage.results import ResultModel
+from storage.results.analyze import Number
+
+ReferenceKind = Literal["others", "model", "gold"]
+QualityFlag = Literal["constant", "near_random", "adversarial"]
+DriftFlag = Literal["drift_batch", "drift_position"]
+
+
+class Interval(ResultModel):
+    """A 95% confidence interval."""
+
+    low: Number
+    high: Number
+
+
+# ------------------------------------------------------------------------------ agreement
+class ClassAgreement(ResultModel):
+    """One class, one annotator against its reference (one class against the rest)."""
+
+    name: str
+    n_reference: int  # compared frames the reference gives this class
+    n_annotator: int  # compared frames the annotator gives this class
+    precision: Number
+    recall: Number
+    kappa: Number  # Cohen's kappa of "this class or not"
+
+
+class AnnotatorAgreement(ResultModel):
+    """One annotator against its reference on the frames both labelled."""
+
+    annotator: str
+    n_labels: int  # frames the annotator labelled
+    n_compared: int  # of those, frames that have a reference label
+    agreement: Number  # share of compared frames where the annotator gives the reference's label
+    agreement_ci: Interval  # Wilson interval of `agreement`
+    chance: Number  # agreement expected by chance from the two label distributions
+    kappa: Number  # Cohen's kappa (scikit-learn's)
+    kappa_ci: Interval  # 95% interval of kappa (asymptotic standard error)
+    confusion: list[list[int]]  # [reference class][annotator's label] frame counts
+    classes: list[ClassAgreement]
+
+
+class Agreement(ResultModel):
+    """Every annotator against its reference, and the agreement of all annotators together."""
+
+    reference: ReferenceKind
+    classes: list[str]
+    krippendorff_alpha: Number  # nominal, over every annotator (the `krippendorff` package)
+    n_items: int  # items with at least two labels (what alpha is computed on)
+    annotators: list[AnnotatorAgreement]
+
+
+# -------------------------------------------------------------------------------- quality
+class AnnotatorQuality(ResultModel):
+    """How good one annotator's labels are, and the flags the evidence supports."""
+
+    annotator: str
+    n_labels: int
+    dawid_skene: Number  # crowd-kit's Dawid-Skene skill (its estimated accuracy)
+    agreement_score: Number  # CROWDLAB-style: agreement with the others' consensus, shrunk to the crowd's
+    top_label: str  # the answer it gives most
+    top_share: Number  # the share of its labels that answer takes
+    flags: list[QualityFlag]
+    evidence: list[str]  # one sentence per flag, with the numbers behind it
+
+
+class Quality(ResultModel):
+    annotators: list[AnnotatorQuality]
+    flagged: dict[str, list[str]]  # flag -> annotators carrying it
+
+
+# ---------------------------------------------------------------------------------- bouts
+class Spread(ResultModel):
+    """Median and interquartile range of a sample (None when it is empty)."""
+
+    n: int
+    median: Number
+    q1: Number
+    q3: Number
+
+
+class ClassBouts(ResultModel):
+    """One class's bouts (maximal runs) of one annotator matched to the reference's bouts."""
+
+    name: str
+    n_reference: int  # reference bouts
+    n_annotator: int  # the annotator's bouts
+    n_matched: int
+    onset_lag: Spread  # annotator's start - reference's start, frames (< 0: starts earlier)
+    offset_lag: Spread  # annotator's end - reference's end, frames (> 0: ends later)
+    duration_ratio: Spread  # annotator's bout length / the reference's
+    missed: int  # reference bouts the annotator has no overlapping bout of this class for
+    extra: int  # the annotator's bouts that overlap no reference bout of this class
+    split: int  # reference bouts overlapped by two or more of the annotator's bouts
+    merged: int  # the annotator's bouts that overlap two or more reference bouts
+
+
+class AnnotatorBouts(ResultModel):
+    annotator: str
+    n_sequences: int  # sequences compared
+    classes: list[ClassBouts]
+
+
+class Bouts(ResultModel):
+    """Bout timing of every annotator; only for frame sequences (not one-item crowd data)."""
+
+    reference: ReferenceKind
+    background: str | None  # lags are measured where a bout borders this class (None: every edge)
+    frame_rate: Number  # frames per second, when the config gives it
+    annotators: list[AnnotatorBouts]
+
+
+# ---------------------------------------------------------------------------------- drift
+class DriftBin(ResultModel):
+    name: str  # a batch id, or start / middle / end of the sequences
+    n: int  # compared frames in the bin
+    agreement: Number
+
+
+class AnnotatorDrift(ResultModel):
+    annotator: str
+    by_batch: list[DriftBin]
+    by_position: list[DriftBin]
+    p_batch: Number  # chi-squared test that agreement is the same in every batch
+    p_position: Number  # the same along the position in the sequence
+    flags: list[DriftFlag]
+
+
+class Drift(ResultModel):
+    alpha: float  # the test level, after a Bonferroni correction over annotators
+    annotators: list[AnnotatorDrift]
+
+
+# ---------------------------------------------------------------------------------- cards
+class StyleCard(ResultModel):
+    """What sets an annotator or a cluster apart, in plain words (from the numbers above)."""
+
+    kind: Literal["annotator", "cluster"]
+    name: str  # the annotator, or "cluster <id> (k=<k>)"
+    members: list[str]
+    lines: list[str]
+
+
+class StylesReport(ResultModel):
+    """The style explanations of one dataset (also `styles.json` in its analysis folder)."""
+
+    reference: ReferenceKind
+    agreement: Agreement
+    quality: Quality | None = None
+    bouts: Bouts | None = None
+    drift: Drift | None = None
+    cards: list[StyleCard] = []
+    seconds: dict[str, float] = {}

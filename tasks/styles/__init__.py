@@ -1,0 +1,1 @@
+"""Style explanations: each annotator against a reference, in numbers and words (see `explain`)."""

@@ -1,0 +1,86 @@
+"""The reference each annotator is compared with: the consensus of the others, the model's, or gold.
+
+`leave_one_out` gives, for every annotator, the frames it labelled on which at least
+`min_others` other annotators did, and the majority label of those others there (the
+annotator's own vote removed, so it is never compared with itself). Ties go to the class the
+whole crowd uses most, so the result is deterministic and does not favour low class codes.
+`fixed` does the same with one track for everyone (the model's consensus, or gold).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from storage.results.styles import ReferenceKind
+
+
+@dataclass(frozen=True)
+class Reference:
+    """Per annotator (in store order): the frames compared and the reference label on each.
+
+    `rows[a]` are sorted frame indices where annotator a labelled and the reference has a
+    label; `labels[a]` the annotator's labels there and `reference[a]` the reference's.
+    """
+
+    kind: ReferenceKind
+    n_classes: int
+    rows: list[np.ndarray]
+    labels: list[np.ndarray]
+    reference: list[np.ndarray]
+
+    def track(self, a: int, n_frames: int) -> np.ndarray:
+        """Annotator a's reference as a full track, -1 where there is none."""
+        out = np.full(n_frames, -1, np.int64)
+        out[self.rows[a]] = self.reference[a]
+        return out
+
+
+def vote_counts(labels: np.ndarray, n_classes: int) -> np.ndarray:
+    """(frames, classes) how many annotators gave each class; `labels` is (frames, annotators), -1 = none."""
+    counts = np.zeros((labels.shape[0], n_classes), np.int32)
+    for c in range(n_classes):
+        counts[:, c] = (labels == c).sum(axis=1)
+    return counts
+
+
+def class_prior(labels: np.ndarray, n_classes: int) -> np.ndarray:
+    """Share of all labels in each class (uniform when there are none)."""
+    flat = labels[labels >= 0].astype(np.int64)
+    counts = np.bincount(flat, minlength=n_classes)[:n_classes].astype(np.float64)
+    return counts / counts.sum() if counts.sum() else np.full(n_classes, 1.0 / max(n_classes, 1))
+
+
+def leave_one_out(labels: np.ndarray, n_classes: int, min_others: int = 1) -> Reference:
+    """Each annotator against the majority of the others on the frames it labelled."""
+    labels = np.asarray(labels)
+    counts = vote_counts(labels, n_classes)
+    # a tie-break below one vote: the crowd's most used class wins a tie
+    tie = class_prior(labels, n_classes) * (0.5 / (1.0 + n_classes))
+    tie = tie + np.arange(n_classes)[::-1] * 1e-9  # equal priors: the lower code
+    rows, own, ref = [], [], []
+    for a in range(labels.shape[1]):
+        r = np.flatnonzero(labels[:, a] >= 0)
+        mine = labels[r, a].astype(np.int64)
+        others = counts[r].copy()
+        others[np.arange(len(r)), mine] -= 1
+        keep = others.sum(axis=1) >= min_others
+        r, mine, others = r[keep], mine[keep], others[keep]
+        rows.append(r)
+        own.append(mine)
+        ref.append(np.argmax(others + tie, axis=1).astype(np.int64))
+    return Reference("others", n_classes, rows, own, ref)
+
+
+def fixed(labels: np.ndarray, track: np.ndarray, n_classes: int, kind: ReferenceKind) -> Reference:
+    """Every annotator against one track (the model's consensus or gold; -1 = no label)."""
+    labels = np.asarray(labels)
+    track = np.asarray(track).astype(np.int64)
+    rows, own, ref = [], [], []
+    for a in range(labels.shape[1]):
+        r = np.flatnonzero((labels[:, a] >= 0) & (track >= 0))
+        rows.append(r)
+        own.append(labels[r, a].astype(np.int64))
+        ref.append(track[r])
+    return Reference(kind, n_classes, rows, own, ref)
