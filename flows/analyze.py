@@ -14,6 +14,7 @@ from configs.schema import PipelineConfig, load_config
 from flows.retry import retry_unless_bad_input
 from storage.layout import RootLayout
 from storage.results.analyze import AnalysisResult
+from storage.results.styles import card_lines
 from storage.tracking.analyze import record_analysis, run_link
 from tasks.clustering import cluster_members
 
@@ -99,5 +100,12 @@ def cli_print(result: AnalysisResult) -> None:
               f"items (imputed: {overlap.imputed_value:.3f}); list in the summary and low_overlap_pairs.csv")
     for warning in result.warnings:
         print(f"  note: {warning}")
+    styles = result.styles
+    if styles:
+        alpha = styles.agreement.krippendorff_alpha
+        print(f"  styles against the {styles.reference}: Krippendorff's alpha "
+              f"{'undefined' if alpha is None else f'{alpha:.3f}'} over {styles.agreement.n_items} items"
+              + (f"; cluster cards at k={styles.k}" if styles.k else ""))
+        print("\n".join(f"  {line}" for line in card_lines(styles.cards)))
     print(f"  tables and figures in {result.outputs}")
     print(f"  MLflow run {result.mlflow_run_id}: {result.mlflow_link}")

@@ -30,6 +30,7 @@ from storage.prediction_store import PredictionStore
 from storage.results import StageResult
 from storage.results.pipeline import PipelineResult, StageStatus
 from storage.results.predict import PredictResult
+from storage.results.styles import card_lines
 from storage.tracking import parent_run
 from storage.tracking.analyze import record_analysis
 from storage.tracking.ingest import record_ingest
@@ -125,6 +126,7 @@ def pipeline_flow(config_path: str, root: str, force: list[str] | None = None,
         dataset=config.name, version=version, trigger=trigger, mlflow_run_id=parent_id, stages=stages,
         annotators=analysis.annotators, clusters=analysis.clusters, ari_vs_truth=analysis.ari_vs_truth,
         method=analysis.method, cophenetic_correlation=analysis.cophenetic_correlation,
+        style_cards=analysis.styles.cards if analysis.styles else [],
         metrics=train.metrics, model_dir=train.model_dir, prediction_store=prediction_store,
         train_seed=train.seed, train_summary=train.summary,
         tracking_uri=active_tracking_uri(), root=str(Path(root)),
@@ -154,6 +156,9 @@ def cli_print(result: PipelineResult) -> None:
     truth = result.ari_vs_truth.distances if result.ari_vs_truth else None
     if truth and truth.at_true_k is not None:
         print(f"  adjusted Rand index against the true style groups (k={truth.true_k}): {truth.at_true_k:.3f}")
+    if result.style_cards:
+        print("style cards (against the consensus of the others; all in the analysis's styles.json):")
+        print("\n".join(f"  {line}" for line in card_lines(result.style_cards)))
     print(f"MLflow parent run {result.mlflow_run_id} in {result.tracking_uri}; open the UI with:")
     print(f"  annostyle ui --root {result.root}    (or: mlflow ui --backend-store-uri "
           f"{result.tracking_uri} --host 127.0.0.1)")

@@ -43,6 +43,7 @@ from storage.results.analyze import (
     StoreRef,
     Stores,
 )
+from storage.results.styles import StylesReport, card_lines
 from tasks import clustering, figures
 from tasks.label_distances import label_distances, store_pair_counts
 
@@ -72,6 +73,8 @@ def analyze(config: PipelineConfig, layout: RootLayout, scheduler: str | None = 
         else:
             log.info("analysing %s from its labels (no prediction store at %s)", config.name, pred_uri)
             result = analyze_labels(config.name, dataset, cfg, out, truth)
+        if cfg.styles.enabled:
+            result.styles = explain_styles(dataset, cfg, result, out, pred_uri)
     result.seconds = round(time.perf_counter() - t0, 3)
     atomic_write_bytes(out / SUMMARY, json.dumps(result.to_json(), indent=1).encode())
     return result
@@ -239,6 +242,57 @@ def analyze_labels(name: str, dataset: DatasetStore, cfg: AnalyzeConfig, out: Pa
     return result
 
 
+# -------------------------------------------------------------------------------- styles
+def explain_styles(dataset: DatasetStore, cfg: AnalyzeConfig, result: AnalysisResult, out: Path,
+                   pred_uri: str) -> StylesReport:
+    """The style report (tasks.styles) of the analysed annotators, with its table and figures."""
+    from tasks import style_figures
+    from tasks.styles import explain
+
+    model_track = None
+    if cfg.styles.reference == "model" and PredictionStore.exists(pred_uri):
+        consensus = np.asarray(PredictionStore.open(pred_uri).consensus[: dataset.n_frames])
+        model_track = np.argmax(consensus, axis=1).astype(np.int64)
+    matrix = np.asarray(result.distance_matrix, dtype=np.float64)  # None (undefined) -> nan
+    report = explain(dataset, cfg.styles, matrix, result.clusters, model_track)
+    atomic_write_bytes(out / "styles.json", json.dumps(report.model_dump(mode="json"), indent=1).encode())
+    _write_columns(out / "styles_annotators.csv", style_table(report))
+    if cfg.figures:
+        t0 = time.perf_counter()
+        figures.save(style_figures.confusion_grid(report.agreement, report.clusters),
+                     out / "figures" / "style_confusions.png")
+        if report.quality:
+            figures.save(style_figures.quality_scatter(report.quality), out / "figures" / "style_quality.png",
+                         crop=False)
+        if report.bouts:
+            figures.save(style_figures.lag_boxes(report.bouts, report.clusters), out / "figures" / "style_lags.png",
+                         crop=False)
+        if report.drift:
+            figures.save(style_figures.drift_lines(report.drift), out / "figures" / "style_drift.png", crop=False)
+        report.seconds["figures"] = round(time.perf_counter() - t0, 4)
+    return report
+
+
+def style_table(report: StylesReport) -> dict[str, list[str | int | float]]:
+    """One row per annotator: agreement, quality, flags, bout lags and cluster (styles_annotators.csv)."""
+    quality = {q.annotator: q for q in report.quality.annotators} if report.quality else {}
+    timing = {b.annotator: b for b in report.bouts.annotators} if report.bouts else {}
+    nan = float("nan")
+    columns: dict[str, list[str | int | float]] = {name: [] for name in (
+        "annotator", "cluster", "n_labels", "n_compared", "agreement", "kappa", "kappa_low", "kappa_high",
+        "dawid_skene", "agreement_score", "flags", "onset_lag_median", "offset_lag_median")}
+    for a in report.agreement.annotators:
+        q = quality.get(a.annotator)
+        b = getattr(timing.get(a.annotator), "behaviour", None)
+        values: list[str | int | float | None] = [
+            a.annotator, report.clusters.get(a.annotator, ""), a.n_labels, a.n_compared, a.agreement, a.kappa,
+            a.kappa_ci.low, a.kappa_ci.high, q.dawid_skene if q else None, q.agreement_score if q else None,
+            " ".join(q.flags) if q else "", b.onset_lag.median if b else None, b.offset_lag.median if b else None]
+        for name, value in zip(columns, values, strict=True):
+            columns[name].append(nan if value is None else value)
+    return columns
+
+
 # -------------------------------------------------------------------------------- shared
 @dataclass
 class _Trees:
@@ -340,5 +394,9 @@ def summary_markdown(result: AnalysisResult, run_link: str | None = None) -> str
                      f"{overlap.n_low_overlap_pairs} of {overlap.n_pairs} (imputed)")
     for warning in result.warnings:
         lines.append(f"> {warning}")
+    if result.styles and result.styles.cards:
+        lines += ["", f"## Style cards (against the {result.styles.reference})", ""]
+        lines += [f"- {line.strip()}" if not line.startswith("  ") else f"  {line.strip()}"
+                  for line in card_lines(result.styles.cards, limit=30)]
     lines += ["", f"MLflow run: `{result.mlflow_run_id}`" + (f" ({run_link})" if run_link else "")]
     return "\n".join(lines) + "\n"

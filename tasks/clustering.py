@@ -84,6 +84,24 @@ def clusters_by_k(linkage_matrix: np.ndarray, annotators: Sequence[str], ks: Seq
             for k in valid_ks(ks, len(annotators))}
 
 
+def best_k(matrix: np.ndarray, clusters: Mapping[str, Mapping[str, int]], annotators: Sequence[str]) -> int | None:
+    """The cut (a key of `clusters`) with the largest silhouette on the distance matrix; None
+    when no cut has two clusters with a member each and fewer clusters than annotators."""
+    from sklearn.metrics import silhouette_score  # here: scikit-learn takes a second to import
+
+    dist = np.nan_to_num(np.asarray(matrix, np.float64), nan=float(np.nanmax(matrix)) if np.isfinite(matrix).any() else 0.0)
+    np.fill_diagonal(dist, 0.0)
+    best: tuple[float, int] | None = None
+    for k, assignment in clusters.items():
+        ids = np.array([assignment[a] for a in annotators])
+        if not 2 <= len(set(ids.tolist())) < len(annotators):
+            continue
+        score = float(silhouette_score(dist, ids, metric="precomputed"))
+        if best is None or score > best[0]:
+            best = (score, int(k))
+    return None if best is None else best[1]
+
+
 def tree_fit(linkage_matrix: np.ndarray, matrix: np.ndarray) -> float:
     """Cophenetic correlation of a tree with the distances it was built from."""
     value, _ = cophenet(linkage_matrix, condensed(matrix))

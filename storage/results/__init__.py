@@ -9,9 +9,22 @@ records them) use them.
 
 from __future__ import annotations
 
-from typing import Any
+import math
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, BeforeValidator, ConfigDict
+
+
+def _finite_or_none(value: object) -> object:
+    """NaN and inf as None (anything else unchanged, for pydantic to check)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+Number = Annotated[float | None, BeforeValidator(_finite_or_none)]
+"""A number that can be undefined (a NaN correlation, an ARI over one cluster): NaN and inf
+become None, so a summary is valid JSON and reads the same in Python."""
 
 
 class ResultModel(BaseModel):

@@ -1,27 +1,16 @@
 """What the analyze stage returns: annotator distances, trees, clusters and what they rest on.
 
-Numbers that can be undefined (a NaN correlation, an ARI over a single cluster) are `Number`:
-NaN and inf become None, so the summary is valid JSON and reads the same in Python.
+Numbers that can be undefined (a NaN correlation, an ARI over a single cluster) are
+`storage.results.Number`.
 """
 
 from __future__ import annotations
 
-import math
-from typing import Annotated, Literal
+from typing import Literal
 
-from pydantic import BeforeValidator
+from storage.results import Number, ResultModel, StageResult
+from storage.results.styles import StylesReport
 
-from storage.results import ResultModel, StageResult
-
-
-def _finite_or_none(value: object) -> object:
-    """NaN and inf as None (anything else unchanged, for pydantic to check)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-Number = Annotated[float | None, BeforeValidator(_finite_or_none)]
 Clusters = dict[str, dict[str, int]]  # {"k": {annotator: cluster id}}
 
 
@@ -149,6 +138,7 @@ class AnalysisResult(StageResult):
     scheduler: str | None = None
     overlap: Overlap | None = None
     item_level: ItemLevelSummary | None = None
+    styles: StylesReport | None = None  # what sets each annotator and cluster apart (tasks.styles)
     stores: Stores
     warnings: list[str] = []
     outputs: str

@@ -12,8 +12,9 @@ from typing import Any, Literal
 
 from pydantic import SerializerFunctionWrapHandler, model_serializer
 
-from storage.results import ResultModel, StageResult
-from storage.results.analyze import AriVsTruth, Clusters, LabelCounts, Number, PartialSums
+from storage.results import Number, ResultModel, StageResult
+from storage.results.analyze import AriVsTruth, Clusters, LabelCounts, PartialSums
+from storage.results.styles import StyleCard
 from storage.results.train import MeanSd, TrainMetrics
 
 Status = Literal["ran", "reused", "skipped"]
@@ -63,6 +64,7 @@ class PipelineResult(StageResult):
     ari_vs_truth: AriVsTruth | None
     method: str
     cophenetic_correlation: Number
+    style_cards: list[StyleCard] = []  # the analysis's style cards (tasks.styles)
     metrics: TrainMetrics | None
     model_dir: str | None
     train_seed: int | None = None  # the seed whose model was predicted and analysed (train.seeds' first)

@@ -12,8 +12,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from storage.results import ResultModel
-from storage.results.analyze import Number
+from storage.results import Number, ResultModel
 
 ReferenceKind = Literal["others", "model", "gold"]
 QualityFlag = Literal["constant", "near_random", "adversarial"]
@@ -159,9 +158,29 @@ class StylesReport(ResultModel):
     """The style explanations of one dataset (also `styles.json` in its analysis folder)."""
 
     reference: ReferenceKind
+    k: int | None = None  # the cut the cluster cards describe (the best silhouette among analyze.ks)
+    clusters: dict[str, int] = {}  # annotator -> cluster at that cut
     agreement: Agreement
     quality: Quality | None = None
     bouts: Bouts | None = None
     drift: Drift | None = None
     cards: list[StyleCard] = []
     seconds: dict[str, float] = {}
+
+
+def card_lines(cards: list[StyleCard], limit: int = 12) -> list[str]:
+    """The cards as text lines: every cluster card, then up to `limit` annotator cards that say
+    something (flagged annotators first), and how many more the report holds."""
+    clusters = [c for c in cards if c.kind == "cluster"]
+    people = [c for c in cards if c.kind == "annotator" and c.lines]
+    people.sort(key=lambda c: not any(word in line for line in c.lines
+                                      for word in ("constant", "near-random", "adversarial")))
+    lines: list[str] = []
+    for card in [*clusters, *people[:limit]]:
+        who = f"{card.name} ({len(card.members)}: {', '.join(card.members[:6])}{' ...' if len(card.members) > 6 else ''})" \
+            if card.kind == "cluster" else card.name
+        lines.append(f"{who}:")
+        lines += [f"  - {line}" for line in card.lines] or ["  - nothing sets it apart"]
+    if len(people) > limit:
+        lines.append(f"({len(people) - limit} more annotator cards in styles.json)")
+    return lines

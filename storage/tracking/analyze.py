@@ -35,6 +35,11 @@ def analysis_metrics(result: AnalysisResult) -> dict[str, float | None]:
     sums = result.distances if isinstance(result.distances, PartialSums) else None
     metrics["frames_computed"] = sums.frames_computed if sums else None
     metrics["frames_per_second"] = sums.frames_per_second if sums else None
+    if result.styles:
+        metrics["krippendorff_alpha"] = result.styles.agreement.krippendorff_alpha
+        if result.styles.quality:
+            for flag in ("constant", "near_random", "adversarial"):
+                metrics[f"n_flagged_{flag}"] = len(result.styles.quality.flagged.get(flag, []))
     if result.item_level:
         for name, value in result.item_level.purity.items():
             metrics[f"purity_{name}"] = value
@@ -64,11 +69,13 @@ def record_analysis(layout: RootLayout, config: PipelineConfig, result: Analysis
         log_metrics(analysis_metrics(result))
         outputs = Path(result.outputs)
         for path in sorted(outputs.iterdir()):
-            if path.is_file() and path.name != "summary.json":
+            if path.is_file() and path.name not in ("summary.json", "styles.json"):
                 mlflow.log_artifact(str(path), "tables")
         if (outputs / "figures").is_dir():
             mlflow.log_artifacts(str(outputs / "figures"), "figures")
         mlflow.log_dict(result.to_json(), "summary.json")
+        if result.styles:
+            mlflow.log_dict(result.styles.model_dump(mode="json"), "styles.json")
         if config_path is not None:
             mlflow.log_artifact(str(config_path), "config")
         return run.info.run_id
