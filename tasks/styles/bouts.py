@@ -192,7 +192,9 @@ def bouts(
     """Every annotator's bouts matched to its reference's (see the module docstring).
 
     `offsets`: sequence i is frames [offsets[i], offsets[i + 1]) (`DatasetStore.offsets`).
-    `background`: a class name, or None (lags at every edge). Per annotator, `classes` has one
+    `background`: a class name, or None. With a background, the lags of the other classes are
+    measured only at edges where the reference bout borders the background (its own bouts' at
+    every edge); with None, at every edge. Per annotator, `classes` has one
     entry per class and `behaviour` pools every class but the background (every class without
     one). None when every sequence has one frame (crowd items have no bouts).
     """

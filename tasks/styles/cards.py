@@ -89,7 +89,6 @@ class _Side:
     """What a card compares: the subject's annotators, or the others'."""
 
     agreement: list[AnnotatorAgreement]
-    bouts: list[AnnotatorBouts]
     pooled: bool  # pool the annotators (a cluster) or take the median over them (the others of one)
     word: str = "others"  # what a card calls this side: "others" or "non-members"
 
@@ -368,8 +367,8 @@ def _card_lines(members: list[str], agreement: Agreement, bouts: Bouts | None, c
     """The numbers' lines (lags, confusions, bout rates, agreement) of a subject against the rest."""
     inside = set(members)
     ref = REFERENCE_WORDS[agreement.reference]
-    mine = _Side([a for a in agreement.annotators if a.annotator in inside], [], True)
-    rest = _Side([a for a in agreement.annotators if a.annotator not in inside], [], cluster,
+    mine = _Side([a for a in agreement.annotators if a.annotator in inside], True)
+    rest = _Side([a for a in agreement.annotators if a.annotator not in inside], cluster,
                  "non-members" if cluster else "others")
     lines: list[str] = []
     if bouts is not None:
