@@ -90,6 +90,8 @@ class Spread(ResultModel):
     median: Number
     q1: Number
     q3: Number
+    n_below: int = 0  # values below the centre (0 for lags, 1 for duration ratios): earlier, shorter
+    n_above: int = 0  # values above it: later, longer (what a sign test of "no lag" counts)
 
 
 class ClassBouts(ResultModel):
@@ -112,6 +114,9 @@ class AnnotatorBouts(ResultModel):
     annotator: str
     n_sequences: int  # sequences compared
     classes: list[ClassBouts]
+    # every class but the background pooled ("behaviour"; with no background every class, "all
+    # classes"): what a card says first, e.g. "starts bouts 6 frames before the others"
+    behaviour: ClassBouts | None = None
 
 
 class Bouts(ResultModel):
