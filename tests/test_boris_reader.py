@@ -128,6 +128,25 @@ def test_priority_ranks_overlapping_behaviours(tmp_path: Path) -> None:
         read_source(load_config(write_config(tmp_path, {"paths": ["obs.tsv"], "priority": ["sniff"]})))
 
 
+def test_time_offsets_and_observations_over_several_media_are_refused(tmp_path: Path) -> None:
+    """BORIS adds an observation's offset to its times and runs times on across a playlist's media
+    files; neither maps to one media file's frames, so both are errors naming the line and value."""
+    export(tmp_path, [row("walk", "STATE", "0", "0.5") + "\t1.5"], header=HEADER.rstrip("\n") + "\tTime offset (s)\n")
+    with pytest.raises(InputError, match="line 2: a non-zero time offset") as err:
+        read_source(load_config(write_config(tmp_path, {"paths": ["obs.tsv"]})))
+    assert "'Time offset (s)'" in str(err.value) and "'1.5'" in str(err.value)
+    export(tmp_path, [row("walk", "STATE", "0", "0.5", fps="25.000;30.000")])
+    with pytest.raises(InputError, match="line 2: an observation over several media files") as err:
+        read_source(load_config(write_config(tmp_path, {"paths": ["obs.tsv"]})))
+    assert "'25.000;30.000'" in str(err.value)
+
+
+def test_a_state_event_shorter_than_a_frame_without_a_frame_start_labels_nothing(tmp_path: Path) -> None:
+    export(tmp_path, [row("walk", "STATE", "0.01", "0.09"), row("walk", "STATE", "0.19", "0.21")])
+    labels = read_source(load_config(write_config(tmp_path, {"paths": ["obs.tsv"]}))).labels[:4, 0].tolist()
+    assert labels == [0, 0, 1, 0]  # [0.01, 0.09) holds no frame start at 10/s; [0.19, 0.21) holds 0.2's
+
+
 # --- through the command line ------------------------------------------------------------------
 
 

@@ -14,7 +14,8 @@ event: `Observation id`, `Source` / `Media file name`, `Media duration (s)`, `FP
   start time lies in it, frames ceil(start*fps) to ceil(stop*fps) - 1, so a stop exactly on a
   frame boundary leaves that frame out; a POINT event labels frame floor(time*fps), over any
   STATE covering it. A time within `time_precision` seconds of a boundary counts as on it (BORIS
-  writes milliseconds: 1/30 s is written 0.033). Frames no event covers get `background`.
+  writes milliseconds: 1/30 s is written 0.033). Frames no event covers get `background`; a
+  STATE event shorter than a frame that holds no frame's start labels none.
 - Length: ceil(media duration * fps) when the export gives the duration, else the end of the
   last event; the longest of a sequence's observers. The file's FPS, else the config's
   `frame_rate`; neither is an error, as are observers of one sequence at different rates.
