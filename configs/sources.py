@@ -246,3 +246,77 @@ READERS.register(ReaderEntry(
 ))
 READERS.register(ReaderEntry("wide", "tasks.readers.wide:read_wide", WideSource))
 READERS.register(ReaderEntry("demo", "tasks.demo:read_demo", DemoSource))
+
+
+class BorisSource(SourceConfig):
+    """BORIS's aggregated events export (TSV or CSV): per-frame tracks per observer and sequence.
+
+    A sequence is a media file (its base name, from `Media file name`, `Media file` or `Source`,
+    or `sequence_column`), per subject when the events name more than one. Frame f covers
+    [f/fps, (f+1)/fps): a STATE event [start, stop) labels the frames whose start time lies in it,
+    a POINT event the frame its time falls in (over any STATE there); other frames get
+    `background`. Times within `time_precision` of a frame boundary count as on it (BORIS writes
+    milliseconds). The rules in full: `tasks/readers/boris.py` and the README.
+    """
+
+    kind: Literal["boris"]
+    paths: list[InputPath] = Field(min_length=1, description="aggregated events exports, .tsv or .csv")
+    format: Literal["csv", "tsv"] | None = Field(None, description="default: from each file's suffix")
+    observer_column: str | None = Field(
+        None, description="the column naming each row's observer (e.g. an independent variable `Observer`, "
+                          "or `Observation id`); default: each file is one observer's export, named by the "
+                          "file's name without its suffix")
+    sequence_column: str | None = Field(
+        None, description="the column naming the sequence; default: the media file's base name")
+    subject_column: str | None = Field("Subject", description="tracks per subject when it names several; null: ignore")
+    frame_rate: float | None = Field(
+        None, gt=0, le=1e6, description="frames per second where the file gives none (live observations, "
+                                        "exports without an FPS column); the file's FPS wins")
+    background: str = Field("background", min_length=1, description="the class of frames no event covers")
+    priority: list[str] | None = Field(
+        None, description="behaviours whose events may overlap, first = wins the shared frames; "
+                          "without it overlapping behaviours are an error")
+    time_precision: float = Field(0.0005, ge=0, le=0.01, description="seconds: a time this close to a "
+                                                                      "frame boundary counts as on it")
+
+
+class FramesFile(Strict):
+    """One per-frame label file: one annotator's labels of one sequence."""
+
+    path: InputPath
+    annotator: str = Field(min_length=1)
+    sequence: str | None = Field(None, description="default: the file name without its suffix and a "
+                                                   "trailing `_labels` (DeepEthogram's naming)")
+
+
+class FramesSource(SourceConfig):
+    """Per-frame wide label files (DeepEthogram, SimBA): a row per frame, a 0/1 column per behaviour.
+
+    Each row gets the behaviour whose column holds 1, `background` when none does, no label when
+    none does and a column holds -1 or nothing (DeepEthogram's "not labelled yet"). The rules in
+    full: `tasks/readers/frames.py` and the README.
+    """
+
+    kind: Literal["frames"]
+    files: list[FramesFile] = Field(min_length=1)
+    behaviors: list[str] | None = Field(
+        None, description="the behaviour columns (needed for SimBA's files, which hold feature columns too); "
+                          "default: every column but the frame index and the background column")
+    background: str = Field("background", min_length=1, description="the class of frames with no 1; a column "
+                                                                    "of this name is read as DeepEthogram's background")
+    frame_column: str | None = Field(None, description="the frame index column; default: the first column "
+                                                       "when its header is empty (DeepEthogram, SimBA)")
+    format: Literal["csv", "tsv"] | None = Field(None, description="default: from each file's suffix")
+    priority: list[str] | None = Field(
+        None, description="behaviours that may share a frame, first = wins it; without it two 1s in a "
+                          "row are an error")
+
+    def input_paths(self) -> list[Path]:
+        return [Path(f.path) for f in self.files]
+
+
+READERS.register(ReaderEntry(
+    "boris", "tasks.readers.boris:read_boris", BorisSource,
+    suffixes=frozenset({".tsv", ".tab", ".csv"}), batch_field="paths",
+))
+READERS.register(ReaderEntry("frames", "tasks.readers.frames:read_frames", FramesSource))

@@ -12,12 +12,14 @@ from configs.schema import PipelineConfig
 from configs.sources import READERS, SourceConfig
 from errors import InputError
 from storage.batch import Batch
+from tasks.readers.boris import read_boris
+from tasks.readers.frames import read_frames
 from tasks.readers.mapping import read_mapping
 from tasks.readers.table import read_table
 from tasks.readers.tracks import read_tracks
 from tasks.registry import load
 
-__all__ = ["Reader", "read_mapping", "read_source", "read_table", "read_tracks"]
+__all__ = ["Reader", "read_boris", "read_frames", "read_mapping", "read_source", "read_table", "read_tracks"]
 
 Reader = Callable[[SourceConfig, Sequence[bool | int | str] | None, Sequence[str] | None], Batch]
 """What a registered reader is (its `src` is the reader's own source model)."""
