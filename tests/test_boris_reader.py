@@ -73,6 +73,7 @@ def test_fixture_exports_read_to_the_hand_written_tracks(tmp_path: Path) -> None
     assert batch.annotators == ["alice", "bob"]  # one export per observer, named by its file
     assert batch.classes == CLASSES
     np.testing.assert_array_equal(batch.labels, EXPECTED)
+    assert "frame_rate" not in batch.meta  # 10 and 30 frames/s: no one rate for the style lags in seconds
 
 
 def test_frame_arithmetic_at_the_edges(tmp_path: Path) -> None:
@@ -99,6 +100,7 @@ def test_frame_rate_and_length_from_the_config_and_the_last_event(tmp_path: Path
     assert batch.sequence_lengths.tolist() == [10]  # 0.45 s * 20 = frame 9, the last
     assert batch.classes == ["background", "jump", "walk"]
     assert batch.labels[:, 0].tolist() == [0, 0, 0, 0, 2, 2, 2, 2, 0, 1]
+    assert batch.meta == {"frame_rate": 20}  # the style explanations give lags in seconds with it
     with pytest.raises(InputError, match="no frame rate") as err:
         read_source(load_config(write_config(tmp_path, {"paths": ["obs.tsv"]})))
     assert "obs.tsv" in str(err.value) and "line 2" in str(err.value)

@@ -141,6 +141,8 @@ def read_boris(
         classes=class_list,
         labels=labels,
         sources={"labels": where},
+        # one frame rate for the whole batch: the style explanations give bout lags in seconds too
+        meta={"frame_rate": rates.pop()} if len(rates := {e.fps for e in events}) == 1 else {},
     )
 
 

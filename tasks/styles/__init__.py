@@ -59,7 +59,8 @@ def explain(dataset: DatasetStore, cfg: StylesConfig, matrix: np.ndarray,
     scores = quality(labels, ref, agree, names, annotators, cfg)
     timed("quality", t)
     t = time.perf_counter()
-    timing = bouts(ref, offsets, names, annotators, cfg.background, cfg.frame_rate)
+    frame_rate = cfg.frame_rate or dataset.meta.get("frame_rate")  # the config's, else the reader's (BORIS)
+    timing = bouts(ref, offsets, names, annotators, cfg.background, frame_rate)
     timed("bouts", t)
     t = time.perf_counter()
     sequences = np.diff(offsets) > 1
