@@ -16,7 +16,7 @@ from tasks.styles.agreement import agreement, kappa_from_confusion
 from tasks.styles.consensus import leave_one_out
 
 pytestmark = pytest.mark.skipif(not SHARED.is_dir(), reason="needs ../shared/datasets")
-SETS = ["rte", "temp", "wsd", "bluebirds", "dreem"]
+SETS = ["rte", "temp", "wsd", "bluebirds", "labelme", "dreem"]
 STAGES = ["Wake", "N1", "N2", "N3", "REM"]
 
 

@@ -104,7 +104,8 @@ def krippendorff_alpha(labels: np.ndarray, n_classes: int) -> tuple[float, int]:
     if not keep.any() or n_classes < 2:
         return float("nan"), int(keep.sum())
     try:
-        value = krippendorff.alpha(value_counts=counts[keep], level_of_measurement="nominal")
+        with np.errstate(divide="ignore", invalid="ignore"):  # every label the same: NaN, said as None
+            value = krippendorff.alpha(value_counts=counts[keep], level_of_measurement="nominal")
     except ValueError:  # one value in the whole domain: alpha is undefined
         return float("nan"), int(keep.sum())
     return float(value), int(keep.sum())
