@@ -56,6 +56,8 @@ class StylesConfig(Strict):
     min_labels: int = Field(10, ge=2, description="annotators with fewer compared labels get no flags")
     level: float = Field(0.01, gt=0, lt=0.5, description="test level of the near-random, adversarial and "
                                                          "drift flags (Bonferroni-corrected over annotators)")
+    slight_kappa: float = Field(0.2, gt=0, lt=1, description="near-random: kappa shown to be below this bound "
+                                                             "(the top of Landis & Koch's 'slight agreement')")
 
 
 class AnalyzeConfig(Strict):

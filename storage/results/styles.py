@@ -49,6 +49,7 @@ class AnnotatorAgreement(ResultModel):
     chance: Number  # agreement expected by chance from the two label distributions
     kappa: Number  # Cohen's kappa (scikit-learn's)
     kappa_ci: Interval  # 95% interval of kappa (asymptotic standard error)
+    kappa_se: Number = None  # that standard error (Fleiss, Cohen & Everitt 1969), for tests at other levels
     confusion: list[list[int]]  # [reference class][annotator's label] frame counts
     classes: list[ClassAgreement]
 
@@ -75,11 +76,14 @@ class AnnotatorQuality(ResultModel):
     top_share: Number  # the share of its labels that answer takes
     flags: list[QualityFlag]
     evidence: list[str]  # one sentence per flag, with the numbers behind it
+    n_compared: int = 0  # labels compared with the reference (flags need cfg.min_labels of them)
+    kappa_upper: Number = None  # one-sided upper confidence bound of kappa at the corrected level
 
 
 class Quality(ResultModel):
     annotators: list[AnnotatorQuality]
     flagged: dict[str, list[str]]  # flag -> annotators carrying it
+    level: Number = None  # the per-annotator test level: cfg.level / annotators tested (Bonferroni)
 
 
 # ---------------------------------------------------------------------------------- bouts
