@@ -255,12 +255,11 @@ def explain_styles(dataset: DatasetStore, cfg: AnalyzeConfig, result: AnalysisRe
         model_track = np.argmax(consensus, axis=1).astype(np.int64)
     matrix = np.asarray(result.distance_matrix, dtype=np.float64)  # None (undefined) -> nan
     report = explain(dataset, cfg.styles, matrix, result.clusters, model_track)
-    atomic_write_bytes(out / "styles.json", json.dumps(report.model_dump(mode="json"), indent=1).encode())
     _write_columns(out / "styles_annotators.csv", style_table(report))
     if cfg.figures:
         t0 = time.perf_counter()
         figures.save(style_figures.confusion_grid(report.agreement, report.clusters),
-                     out / "figures" / "style_confusions.png")
+                     out / "figures" / "style_confusions.png", crop=False)
         if report.quality:
             figures.save(style_figures.quality_scatter(report.quality), out / "figures" / "style_quality.png",
                          crop=False)
@@ -270,6 +269,7 @@ def explain_styles(dataset: DatasetStore, cfg: AnalyzeConfig, result: AnalysisRe
         if report.drift:
             figures.save(style_figures.drift_lines(report.drift), out / "figures" / "style_drift.png", crop=False)
         report.seconds["figures"] = round(time.perf_counter() - t0, 4)
+    atomic_write_bytes(out / "styles.json", json.dumps(report.model_dump(mode="json"), indent=1).encode())
     return report
 
 
@@ -355,7 +355,7 @@ def _write_matrix(path: Path, matrix: np.ndarray, names: list[str]) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
-def _write_columns(path: Path, columns: Mapping[str, np.ndarray | Sequence[str | int]]) -> None:
+def _write_columns(path: Path, columns: Mapping[str, np.ndarray | Sequence[str | int | float]]) -> None:
     names = list(columns)
     rows = zip(*[list(np.asarray(columns[n]).tolist()) for n in names], strict=True)
     path.write_text("\n".join([",".join(names), *(",".join(_csv(v) for v in row) for row in rows)]) + "\n")

@@ -45,15 +45,19 @@ def confusion_grid(agreement: Agreement, clusters: Mapping[str, int]) -> Figure:
     rows = math.ceil(n / cols)
     k = len(agreement.classes)
     side = float(np.clip(0.45 * k + 1.6, 2.6, 5.0))
-    fig, axes = plt.subplots(rows, cols, figsize=(side * cols + 1.0, side * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(side * cols + 1.5, side * rows + 0.8), squeeze=False,
+                             layout="constrained", sharex=True, sharey=True)
     image = None
-    for ax, (title, matrix) in zip(axes.flat, panels, strict=False):
+    for i, (ax, (title, matrix)) in enumerate(zip(axes.flat, panels, strict=False)):
         image = ax.imshow(_rates(matrix), vmin=0, vmax=1, cmap="viridis")
         ax.set_title(title, fontsize=9)
         ax.set_xticks(range(k), agreement.classes, rotation=90, fontsize=7)
         ax.set_yticks(range(k), agreement.classes, fontsize=7)
-        ax.set_xlabel("annotator's label", fontsize=8)
-        ax.set_ylabel(f"reference ({agreement.reference})", fontsize=8)
+        if i % cols == 0:
+            ax.set_ylabel(f"reference ({agreement.reference})", fontsize=8)
+        if i >= n - cols:
+            ax.set_xlabel("annotator's label", fontsize=8)
+            ax.xaxis.set_tick_params(labelbottom=True)
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
     if image is not None:
@@ -90,7 +94,7 @@ def lag_boxes(bouts: Bouts, clusters: Mapping[str, int]) -> Figure:
                 stats.append({"med": spread.median, "q1": spread.q1, "q3": spread.q3, "whislo": spread.q1,
                               "whishi": spread.q3, "label": a.annotator})
             face.append(colours(clusters.get(a.annotator, -1) % 10) if a.annotator in clusters else "0.7")
-        boxes = ax.bxp(stats, showfliers=False, patch_artist=True)
+        boxes = ax.bxp(stats, showfliers=False, patch_artist=True, medianprops={"color": "k", "linewidth": 1.5})
         for patch, colour in zip(boxes["boxes"], face, strict=True):
             patch.set_facecolor(colour)
         ax.axhline(0, color="k", linewidth=0.8, linestyle="--")

@@ -154,6 +154,10 @@ class Drift(ResultModel):
 
 
 # ---------------------------------------------------------------------------------- cards
+NOTHING_DISTINCTIVE = "nothing in these numbers sets it apart from the others"
+"""The one line of a card whose numbers single nothing out (`tasks.styles.cards`)."""
+
+
 class StyleCard(ResultModel):
     """What sets an annotator or a cluster apart, in plain words (from the numbers above)."""
 
@@ -179,9 +183,10 @@ class StylesReport(ResultModel):
 
 def card_lines(cards: list[StyleCard], limit: int = 12) -> list[str]:
     """The cards as text lines: every cluster card, then up to `limit` annotator cards that say
-    something (flagged annotators first), and how many more the report holds."""
+    something (flagged annotators first), and how many more the report holds (a card that finds
+    nothing distinctive, `NOTHING_DISTINCTIVE`, is left out here)."""
     clusters = [c for c in cards if c.kind == "cluster"]
-    people = [c for c in cards if c.kind == "annotator" and c.lines]
+    people = [c for c in cards if c.kind == "annotator" and c.lines != [NOTHING_DISTINCTIVE]]
     people.sort(key=lambda c: not any(word in line for line in c.lines
                                       for word in ("constant", "near-random", "adversarial")))
     lines: list[str] = []
@@ -190,6 +195,8 @@ def card_lines(cards: list[StyleCard], limit: int = 12) -> list[str]:
             if card.kind == "cluster" else card.name
         lines.append(f"{who}:")
         lines += [f"  - {line}" for line in card.lines] or ["  - nothing sets it apart"]
-    if len(people) > limit:
-        lines.append(f"({len(people) - limit} more annotator cards in styles.json)")
+    quiet = sum(c.kind == "annotator" for c in cards) - len(people)
+    if len(people) > limit or quiet:
+        more = f"{len(people) - limit} more annotator cards" if len(people) > limit else "annotator cards"
+        lines.append(f"({more} in styles.json; {quiet} annotator(s) with nothing that sets them apart)")
     return lines

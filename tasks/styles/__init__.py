@@ -23,7 +23,7 @@ from tasks.styles.agreement import agreement
 from tasks.styles.bouts import bouts
 from tasks.styles.cards import annotator_cards, cluster_cards
 from tasks.styles.consensus import Reference, fixed, leave_one_out
-from tasks.styles.drift import drift, frame_batches, frame_positions
+from tasks.styles.drift import drift, frame_batches, frame_positions, frame_sequences
 from tasks.styles.quality import quality
 
 __all__ = ["explain"]
@@ -63,9 +63,9 @@ def explain(dataset: DatasetStore, cfg: StylesConfig, matrix: np.ndarray,
     timing = bouts(ref, offsets, names, annotators, cfg.background, frame_rate)
     timed("bouts", t)
     t = time.perf_counter()
-    sequences = np.diff(offsets) > 1
-    positions = frame_positions(offsets) if sequences.any() else None
-    moves = drift(ref, frame_batches(dataset), positions, annotators, cfg.level)
+    positions = frame_positions(offsets) if (np.diff(offsets) > 1).any() else None
+    # whole sequences are the sampled units of the drift test (frames of a sequence are not independent)
+    moves = drift(ref, frame_batches(dataset), positions, annotators, cfg.level, frame_sequences(offsets))
     timed("drift", t)
     t = time.perf_counter()
     k = best_k(matrix, clusters, annotators)

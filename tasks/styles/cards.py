@@ -23,6 +23,7 @@ import numpy as np
 from scipy.stats import binomtest
 
 from storage.results.styles import (
+    NOTHING_DISTINCTIVE,
     Agreement,
     AnnotatorAgreement,
     AnnotatorBouts,
@@ -73,7 +74,6 @@ AGREEMENT_GAP = 0.10
 agreement among annotators of one style on the demo is a few points)."""
 MIN_COMPARED = 30
 """Fewest compared frames before a subject's agreement is described."""
-NOTHING_DISTINCTIVE = "nothing in these numbers sets it apart from the others"
 
 REFERENCE_WORDS: dict[ReferenceKind, str] = {
     "others": "the others",
@@ -240,7 +240,7 @@ def _lag_lines(mine: list[AnnotatorBouts], others: list[AnnotatorBouts], classes
 
 
 # ------------------------------------------------------------------------------- confusions
-def _confusion_lines(mine: _Side, others: _Side, classes: list[str]) -> list[str]:
+def _confusion_lines(mine: _Side, others: _Side, classes: list[str], unit: str) -> list[str]:
     """'labels attack as investigation in 31% of attack frames (others: 4%)', largest excess first."""
     found: list[tuple[float, str]] = []
     n = len(classes)
@@ -259,12 +259,12 @@ def _confusion_lines(mine: _Side, others: _Side, classes: list[str]) -> list[str
                 continue
             theirs = f" ({others.word}: {_pct(base)})" if base is not None else ""
             found.append((rate - (base or 0.0),
-                          f"labels {classes[r]} as {classes[c]} in {_pct(rate)} of {classes[r]} frames{theirs}"))
+                          f"labels {classes[r]} as {classes[c]} in {_pct(rate)} of {classes[r]} {unit}{theirs}"))
     found.sort(key=lambda t: -t[0])
     return [text for _, text in found[:MAX_CONFUSION_LINES]]
 
 
-def _agreement_line(mine: _Side, others: _Side, ref: str) -> list[str]:
+def _agreement_line(mine: _Side, others: _Side, ref: str, unit: str) -> list[str]:
     """The overall agreement, when it is well away from the others'."""
 
     def diag(a: AnnotatorAgreement) -> tuple[float, float]:
@@ -276,7 +276,7 @@ def _agreement_line(mine: _Side, others: _Side, ref: str) -> list[str]:
     if rate is None or base is None or abs(rate - base) < AGREEMENT_GAP:
         return []
     n = int(sum(diag(a)[1] for a in mine.agreement))
-    return [f"agrees with {ref} on {_pct(rate)} of {n:,} frames ({others.word}: {_pct(base)})"]
+    return [f"agrees with {ref} on {_pct(rate)} of {n:,} {unit} ({others.word}: {_pct(base)})"]
 
 
 # ------------------------------------------------------------------------------- bout rates
@@ -378,11 +378,12 @@ def _card_lines(members: list[str], agreement: Agreement, bouts: Bouts | None, c
         word = "non-members" if cluster else ("other annotators" if bouts.reference != "others" else None)
         behaviours = [c for c in agreement.classes if c != bouts.background]
         lines += _lag_lines(b_mine, b_rest, behaviours, b_ref, bouts.frame_rate, word)
-    lines += _confusion_lines(mine, rest, agreement.classes)
+    unit = "items" if bouts is None else "frames"  # no bouts: one-item crowd data
+    lines += _confusion_lines(mine, rest, agreement.classes, unit)
     if bouts is not None:
         lines += _bout_lines(b_mine, b_rest, cluster, agreement.classes, REFERENCE_WORDS[bouts.reference],
                              rest.word)
-    lines += _agreement_line(mine, rest, ref)
+    lines += _agreement_line(mine, rest, ref, unit)
     return lines
 
 
