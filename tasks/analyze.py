@@ -255,7 +255,7 @@ def explain_styles(dataset: DatasetStore, cfg: AnalyzeConfig, result: AnalysisRe
         model_track = np.argmax(consensus, axis=1).astype(np.int64)
     matrix = np.asarray(result.distance_matrix, dtype=np.float64)  # None (undefined) -> nan
     report = explain(dataset, cfg.styles, matrix, result.clusters, model_track)
-    _write_columns(out / "styles_annotators.csv", style_table(report))
+    _write_columns(out / "styles_annotators.csv", report.annotator_table())
     if cfg.figures:
         t0 = time.perf_counter()
         figures.save(style_figures.confusion_grid(report.agreement, report.clusters),
@@ -271,26 +271,6 @@ def explain_styles(dataset: DatasetStore, cfg: AnalyzeConfig, result: AnalysisRe
         report.seconds["figures"] = round(time.perf_counter() - t0, 4)
     atomic_write_bytes(out / "styles.json", json.dumps(report.model_dump(mode="json"), indent=1).encode())
     return report
-
-
-def style_table(report: StylesReport) -> dict[str, list[str | int | float]]:
-    """One row per annotator: agreement, quality, flags, bout lags and cluster (styles_annotators.csv)."""
-    quality = {q.annotator: q for q in report.quality.annotators} if report.quality else {}
-    timing = {b.annotator: b for b in report.bouts.annotators} if report.bouts else {}
-    nan = float("nan")
-    columns: dict[str, list[str | int | float]] = {name: [] for name in (
-        "annotator", "cluster", "n_labels", "n_compared", "agreement", "kappa", "kappa_low", "kappa_high",
-        "dawid_skene", "agreement_score", "flags", "onset_lag_median", "offset_lag_median")}
-    for a in report.agreement.annotators:
-        q = quality.get(a.annotator)
-        b = getattr(timing.get(a.annotator), "behaviour", None)
-        values: list[str | int | float | None] = [
-            a.annotator, report.clusters.get(a.annotator, ""), a.n_labels, a.n_compared, a.agreement, a.kappa,
-            a.kappa_ci.low, a.kappa_ci.high, q.dawid_skene if q else None, q.agreement_score if q else None,
-            " ".join(q.flags) if q else "", b.onset_lag.median if b else None, b.offset_lag.median if b else None]
-        for name, value in zip(columns, values, strict=True):
-            columns[name].append(nan if value is None else value)
-    return columns
 
 
 # -------------------------------------------------------------------------------- shared

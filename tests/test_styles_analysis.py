@@ -137,6 +137,9 @@ def test_the_flow_records_styles_in_mlflow_the_artifact_and_the_cli(prefect_harn
     assert logged == summary.styles.model_dump(mode="json")
     figures = {f.path for f in client.list_artifacts(run.info.run_id, "figures")}
     assert {"figures/style_confusions.png", "figures/style_quality.png"} <= figures
+    table = json.loads(Path(client.download_artifacts(run.info.run_id, "tables/styles_annotators.json",
+                                                      str(tmp_path))).read_text())
+    assert [row[0] for row in table["data"]] == summary.annotators
     from prefect.artifacts import Artifact
 
     artifact = Artifact.get("analyze-demo")

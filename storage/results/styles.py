@@ -180,6 +180,26 @@ class StylesReport(ResultModel):
     cards: list[StyleCard] = []
     seconds: dict[str, float] = {}
 
+    def annotator_table(self) -> dict[str, list[str | int | float]]:
+        """One row per annotator: cluster, agreement, kappa, quality, flags and the pooled bout lags
+        (`styles_annotators.csv`, and a table in MLflow); NaN where a number is undefined."""
+        quality = {q.annotator: q for q in self.quality.annotators} if self.quality else {}
+        timing = {b.annotator: b.behaviour for b in self.bouts.annotators} if self.bouts else {}
+        columns: dict[str, list[str | int | float]] = {name: [] for name in (
+            "annotator", "cluster", "n_labels", "n_compared", "agreement", "kappa", "kappa_low", "kappa_high",
+            "dawid_skene", "agreement_score", "flags", "onset_lag_median", "offset_lag_median")}
+        for a in self.agreement.annotators:
+            q = quality.get(a.annotator)
+            b = timing.get(a.annotator)
+            values: list[str | int | float | None] = [
+                a.annotator, self.clusters.get(a.annotator, ""), a.n_labels, a.n_compared, a.agreement, a.kappa,
+                a.kappa_ci.low, a.kappa_ci.high, q.dawid_skene if q else None, q.agreement_score if q else None,
+                " ".join(q.flags) if q else "", b.onset_lag.median if b else None,
+                b.offset_lag.median if b else None]
+            for name, value in zip(columns, values, strict=True):
+                columns[name].append(float("nan") if value is None else value)
+        return columns
+
 
 def card_lines(cards: list[StyleCard], limit: int = 12) -> list[str]:
     """The cards as text lines: every cluster card, then up to `limit` annotator cards that say

@@ -76,6 +76,7 @@ def record_analysis(layout: RootLayout, config: PipelineConfig, result: Analysis
         mlflow.log_dict(result.to_json(), "summary.json")
         if result.styles:
             mlflow.log_dict(result.styles.model_dump(mode="json"), "styles.json")
+            mlflow.log_table(result.styles.annotator_table(), "tables/styles_annotators.json")
         if config_path is not None:
             mlflow.log_artifact(str(config_path), "config")
         return run.info.run_id
