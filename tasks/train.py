@@ -244,6 +244,7 @@ class Trainee:
     epochs: int = 0
     best_state: dict[str, torch.Tensor] | None = None
     target_t: torch.Tensor | None = None  # memory feed: training targets of every frame on the device
+    has_target: np.ndarray | None = None  # memory feed: bool per frame, it has a training target (counted on the host)
 
     def state(self) -> dict[str, Any]:  # JSON boundary: checkpoint.pt (torch.save), this trainee
         return {"net": self.net.state_dict(), "optimizer": self.optimizer.state_dict(),
@@ -644,6 +645,7 @@ def build_trainees(config: TrainConfig, data: Data, kind: str, n_annotators: int
             tgt = np.where(allowed[:, None], data.labels, -1) if trainee.target is None \
                 else np.where(allowed, trainee.target, -1)
             trainee.target_t = torch.from_numpy(tgt.astype(np.int64)).to(device)
+            trainee.has_target = np.asarray((tgt >= 0).any(axis=1) if tgt.ndim == 2 else tgt >= 0)
         trainees.append(trainee)
     return trainees
 
@@ -717,12 +719,13 @@ def fit(trainees: list[Trainee], data: Data, feed: Feed, config: TrainConfig, de
             for t in active:
                 # each trainee's dropout from its own seed: a baseline does not depend on the heads
                 seed_dropout(epoch_seed(config.seed, epoch, step, t.uid), device)
-                if t.target_t is not None and frames_t is not None:
+                if t.target_t is not None and t.has_target is not None and frames_t is not None:
                     target = t.target_t[frames_t]
+                    n = int(t.has_target[frames].sum())  # no device sync, no tensor ops per step
                 else:
                     target = torch.from_numpy(_frame_targets(data, t, frames, data.split.train_frames)).to(device)
                     target = target.long()
-                n = int((target >= 0).any(dim=1).sum()) if target.dim() == 2 else int((target >= 0).sum())
+                    n = int((target >= 0).any(dim=1).sum()) if target.dim() == 2 else int((target >= 0).sum())
                 if n == 0:
                     continue
                 losses[t.name][0] += train_step(t, x, target, device, config, lr, n) * n
