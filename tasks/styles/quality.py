@@ -36,12 +36,12 @@ Flags (none for an annotator with fewer than `cfg.min_labels` compared labels; e
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 from crowdkit.aggregation import DawidSkene
 from scipy import stats
 
 from configs.analyze import StylesConfig
 from storage.results.styles import Agreement, AnnotatorQuality, Quality, QualityFlag
+from tasks.aggregate import long_table
 from tasks.styles.consensus import Reference, class_prior, vote_counts
 
 CLIP = 1e-6  # CROWDLAB's lower clip of weights and errors
@@ -49,11 +49,10 @@ CLIP = 1e-6  # CROWDLAB's lower clip of weights and errors
 
 def dawid_skene_skills(labels: np.ndarray, n_classes: int) -> np.ndarray:
     """Each annotator's accuracy implied by crowd-kit's Dawid-Skene fit (NaN: no labels)."""
-    frames, cols = np.nonzero(labels >= 0)
     skills = np.full(labels.shape[1], np.nan)
-    if not len(frames):
+    data = long_table(labels)
+    if not len(data):
         return skills
-    data = pd.DataFrame({"task": frames, "worker": cols, "label": labels[frames, cols].astype(np.int64)})
     ds = DawidSkene(n_iter=100).fit(data)
     errors = ds.errors_
     priors = ds.priors_
