@@ -46,6 +46,14 @@ def vote_counts(labels: np.ndarray, n_classes: int) -> np.ndarray:
     return counts.reshape(labels.shape[0], n_classes).astype(np.int32)
 
 
+def others_votes(counts: np.ndarray, rows: np.ndarray, own: np.ndarray) -> np.ndarray:
+    """(len(rows), classes) the other annotators' votes on `rows`: `vote_counts` there less the
+    annotator's own label `own` on each (so it never votes for itself)."""
+    others = counts[rows].copy()
+    others[np.arange(len(rows)), own] -= 1
+    return others
+
+
 def class_prior(labels: np.ndarray, n_classes: int) -> np.ndarray:
     """Share of all labels in each class (uniform when there are none)."""
     flat = labels[labels >= 0].astype(np.int64)
@@ -66,8 +74,7 @@ def leave_one_out(labels: np.ndarray, n_classes: int, min_others: int = 1) -> Re
     for a in range(labels.shape[1]):
         r = np.flatnonzero(labels[:, a] >= 0)
         mine = labels[r, a].astype(np.int64)
-        others = counts[r].copy()
-        others[np.arange(len(r)), mine] -= 1
+        others = others_votes(counts, r, mine)
         keep = others.sum(axis=1) >= min_others
         r, mine, others = r[keep], mine[keep], others[keep]
         rows.append(r)

@@ -42,7 +42,7 @@ from scipy import stats
 from configs.analyze import StylesConfig
 from storage.results.styles import Agreement, AnnotatorQuality, Quality, QualityFlag
 from tasks.aggregate import long_table
-from tasks.styles.consensus import Reference, class_prior, vote_counts
+from tasks.styles.consensus import Reference, class_prior, others_votes, vote_counts
 
 CLIP = 1e-6  # CROWDLAB's lower clip of weights and errors
 
@@ -87,8 +87,7 @@ def crowdlab_scores(labels: np.ndarray, ref: Reference, agreement_rate: np.ndarr
         r, own = ref.rows[a], ref.labels[a]
         if not len(r):
             continue
-        others = counts[r].copy()
-        others[np.arange(len(r)), own] -= 1
+        others = others_votes(counts, r, own)
         n_o = others.sum(axis=1)
         soft = (others + prior) / (n_o + 1.0)[:, None]
         lqs[a] = float(soft[np.arange(len(r)), own].mean())
