@@ -42,6 +42,7 @@ from scipy import stats
 from configs.analyze import StylesConfig
 from storage.results.styles import Agreement, AnnotatorQuality, Quality, QualityFlag
 from tasks.aggregate import long_table
+from tasks.styles.agreement import wilson
 from tasks.styles.consensus import Reference, class_prior, others_votes, vote_counts
 
 CLIP = 1e-6  # CROWDLAB's lower clip of weights and errors
@@ -114,8 +115,9 @@ def kappa_upper(kappa: float | None, se: float | None, hits: int, n: int, chance
     if kappa is None or se is None or chance is None or n <= 0 or chance >= 1.0:
         return float("nan")
     asymptotic = kappa + float(stats.norm.ppf(1.0 - level)) * se
-    high = stats.binomtest(hits, n).proportion_ci(confidence_level=1.0 - 2.0 * level, method="wilson").high
-    return max(asymptotic, (float(high) - chance) / (1.0 - chance))
+    high = wilson(hits, n, confidence=1.0 - 2.0 * level).high  # its upper bound is one-sided at `level`
+    assert high is not None
+    return max(asymptotic, (high - chance) / (1.0 - chance))
 
 
 def _flags(a: int, ref: Reference, agr: Agreement, classes: list[str], cfg: StylesConfig,
