@@ -62,3 +62,18 @@ def test_one_class_only():
     assert q.flagged == {}  # everyone answers the one class, and so do the others: not "constant"
     assert b is not None and all(a.classes[0].n_matched == 2 and a.classes[0].missed == 0 for a in b.annotators)
     assert all(c.lines == [NOTHING_DISTINCTIVE] for c in cards)
+
+
+def test_flag_evidence_names_the_reference_it_was_compared_with():
+    """Against the model's consensus, the evidence says so (not "the others")."""
+    rng = np.random.default_rng(1)
+    track = rng.integers(0, 3, 300)
+    labels = np.stack([np.zeros(300), (track + 1) % 3, track], axis=1).astype(np.int16)  # constant, adversarial, right
+    names = ["const", "adv", "good"]
+    ref = fixed(labels, track, 3, "model")
+    agr = agreement(labels, ref, CLASSES, names)
+    q = quality(labels, ref, agr, CLASSES, names, StylesConfig())
+    assert q.flagged == {"constant": ["const"], "adversarial": ["adv"]}
+    for row in q.annotators:
+        for sentence in row.evidence:
+            assert "the model's consensus" in sentence and "the others" not in sentence, sentence

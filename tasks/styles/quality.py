@@ -43,6 +43,7 @@ from configs.analyze import StylesConfig
 from storage.results.styles import Agreement, AnnotatorQuality, Quality, QualityFlag
 from tasks.aggregate import long_table
 from tasks.styles.agreement import wilson
+from tasks.styles.cards import REFERENCE_WORDS
 from tasks.styles.consensus import Reference, class_prior, others_votes, vote_counts
 
 CLIP = 1e-6  # CROWDLAB's lower clip of weights and errors
@@ -129,6 +130,7 @@ def _flags(a: int, ref: Reference, agr: Agreement, classes: list[str], cfg: Styl
     upper = kappa_upper(row.kappa, row.kappa_se, int(np.sum(own == theirs)), n, row.chance, level)
     flags: list[QualityFlag] = []
     evidence: list[str] = []
+    whom = REFERENCE_WORDS[ref.kind]  # "the others", or the model's consensus it was compared with
     if n < cfg.min_labels:
         return flags, evidence, upper
     top = int(np.bincount(own, minlength=ref.n_classes).argmax())
@@ -139,8 +141,8 @@ def _flags(a: int, ref: Reference, agr: Agreement, classes: list[str], cfg: Styl
         if p < level:
             flags.append("constant")
             evidence.append(
-                f"constant: answers {classes[top]} on {share:.0%} of its {n} compared labels, while the "
-                f"others give {classes[top]} on {ref_hits / n:.0%} of the same items (binomial test against "
+                f"constant: answers {classes[top]} on {share:.0%} of its {n} compared labels, while "
+                f"{whom} {'gives' if ref.kind == 'model' else 'give'} {classes[top]} on {ref_hits / n:.0%} of the same items (binomial test against "
                 f"{cfg.constant_share:.0%}: p = {p:.2g} < {level:.2g})")
             return flags, evidence, upper
     # kappa is 0 whatever the skill when either side gives one class only: no evidence there
@@ -150,13 +152,13 @@ def _flags(a: int, ref: Reference, agr: Agreement, classes: list[str], cfg: Styl
         if upper < 0.0:
             flags.append("adversarial")
             evidence.append(
-                f"adversarial: agrees with the others on {row.agreement:.0%} of {n} items, below chance "
+                f"adversarial: agrees with {whom} on {row.agreement:.0%} of {n} items, below chance "
                 f"({row.chance:.0%}); kappa {row.kappa:.2f}, its one-sided {1 - level:.4%} upper bound "
                 f"{upper:.2f} < 0")
         elif upper < cfg.slight_kappa:
             flags.append("near_random")
             evidence.append(
-                f"near-random: agrees with the others on {row.agreement:.0%} of {n} items (chance "
+                f"near-random: agrees with {whom} on {row.agreement:.0%} of {n} items (chance "
                 f"{row.chance:.0%}); kappa {row.kappa:.2f}, its one-sided {1 - level:.4%} upper bound "
                 f"{upper:.2f} < {cfg.slight_kappa:g} (slight agreement)")
     return flags, evidence, upper
