@@ -201,10 +201,11 @@ def _lag_claim(mine: Spread, others: Spread) -> bool:
     return True
 
 
-def _lag_detail(s: Spread, earlier: str, later: str, others: Spread, others_word: str | None) -> str:
+def _lag_detail(s: Spread, others: Spread, others_word: str | None) -> str:
+    """'(median; IQR 5-8; 38 of 40 earlier, 2 later; non-members: 0)': the numbers behind a lag."""
     assert s.median is not None
     extra = f"; {others_word}: {_num(others.median)}" if others_word and others.median is not None else ""
-    return (f"(median; IQR {_iqr(s)}; {s.n_below} of {s.n} {earlier}, {s.n_above} {later}{extra})")
+    return f"(median; IQR {_iqr(s)}; {s.n_below} of {s.n} earlier, {s.n_above} later{extra})"
 
 
 def _lag_line(bouts_word: str, on: tuple[Spread, Spread] | None, off: tuple[Spread, Spread] | None,
@@ -216,11 +217,11 @@ def _lag_line(bouts_word: str, on: tuple[Spread, Spread] | None, off: tuple[Spre
         assert s.median is not None
         when = "before" if s.median < 0 else "after"
         parts.append(f"starts {bouts_word} {_frames(abs(s.median), frame_rate)} {when} {ref} "
-                     + _lag_detail(s, "earlier", "later", o, others_word))
+                     + _lag_detail(s, o, others_word))
     if off is not None:
         s, o = off
         assert s.median is not None
-        detail = _lag_detail(s, "earlier", "later", o, others_word)
+        detail = _lag_detail(s, o, others_word)
         if parts:
             when = "earlier" if s.median < 0 else "later"
             parts.append(f"ends them {_frames(abs(s.median), frame_rate)} {when} {detail}")
@@ -324,7 +325,6 @@ def _bout_lines(mine: list[AnnotatorBouts], others: list[AnnotatorBouts], pooled
     lines = []
     for name in classes:
         for count, denom, text in BOUT_RATES:
-
             have = _bout_pairs(mine, name, count, denom)
             rate = _combine(have, True, MIN_BOUTS)
             base = _combine(_bout_pairs(others, name, count, denom), pooled, MIN_BOUTS)
