@@ -50,7 +50,8 @@ class StylesConfig(Strict):
         None, description="the class behaviour bouts start from and return to (e.g. `other`); bout lags "
                           "are then measured at the edges bordering it; None: at every edge")
     frame_rate: float | None = Field(None, gt=0, le=1e6, description="frames per second, to give lags in "
-                                                                     "seconds as well as frames")
+                                                                     "seconds as well as frames; None: the "
+                                                                     "reader's, when it found one (BORIS's FPS)")
     constant_share: float = Field(0.95, gt=0.5, le=1.0, description="an annotator giving one answer this "
                                                                     "often (and the others not) is flagged constant")
     min_labels: int = Field(10, ge=2, description="annotators with fewer compared labels get no flags")

@@ -71,7 +71,8 @@ def _reference_words(kind: str) -> str:
 
 
 def _summary(classes: Sequence[ClassBouts], background: str | None) -> ClassBouts | None:
-    """The pooled behaviour row when the report has one, else the class with the most matched bouts."""
+    """The class (not the background) with the most matched bouts: what a box shows for an
+    annotator whose report has no pooled `behaviour` row."""
     shown = [c for c in classes if c.name != background]
     return max(shown, key=lambda c: c.n_matched, default=None)
 
@@ -85,7 +86,7 @@ def lag_boxes(bouts: Bouts, clusters: Mapping[str, int]) -> Figure:
     for ax, edge in zip(axes[0], ("onset_lag", "offset_lag"), strict=True):
         stats, face = [], []
         for a in order:
-            row = getattr(a, "behaviour", None) or _summary(a.classes, bouts.background)
+            row = a.behaviour or _summary(a.classes, bouts.background)
             spread = getattr(row, edge) if row is not None else None
             if spread is None or spread.median is None:
                 stats.append({"med": np.nan, "q1": np.nan, "q3": np.nan, "whislo": np.nan, "whishi": np.nan,

@@ -207,3 +207,18 @@ def test_bad_export_exits_2_naming_file_line_and_value(ingested, tmp_path, capsy
     assert str(tmp_path / "obs.tsv") in err
     assert tree_digest(store) == before  # nothing written: the store's bytes unchanged, no store `bad`
     assert sorted(p.name for p in store.parent.iterdir()) == ["boris.zarr"]
+
+
+def test_a_point_at_the_media_end_labels_the_last_frame(tmp_path: Path) -> None:
+    """BORIS's player stops at the media's end, and a POINT coded there has the media duration as
+    its time: it is in the last frame, not past the end. (At 30/s, 0.333 s is both the end of a
+    10-frame media and, on BORIS's milliseconds, 10/30 s.)"""
+    export(tmp_path, [row("jump", "POINT", "2.0", "NA"), row("walk", "STATE", "0", "0.5")])
+    labels = read_source(load_config(write_config(tmp_path, {"paths": ["obs.tsv"]}))).labels[:, 0].tolist()
+    assert len(labels) == 20 and labels[19] == 1 and labels[:6] == [2] * 5 + [0]  # background, jump, walk
+    export(tmp_path, [row("jump", "POINT", "0.333", "NA", fps="30", duration="0.333")])
+    labels = read_source(load_config(write_config(tmp_path, {"paths": ["obs.tsv"]}))).labels[:, 0].tolist()
+    assert labels == [0] * 9 + [1]
+    export(tmp_path, [row("jump", "POINT", "2.1", "NA")])  # past the end is still an error
+    with pytest.raises(InputError, match="media's end"):
+        read_source(load_config(write_config(tmp_path, {"paths": ["obs.tsv"]})))

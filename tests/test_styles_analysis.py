@@ -74,7 +74,9 @@ def test_demo_cards_say_each_style_in_words(demo_analysis):
             assert re.search(f"starts bouts {LAG} after the others", text) and "earlier" in text, text
         else:
             assert "labels attack as investigation" in text, text
-            assert not re.search(f"starts bouts {LAG} (before|after)", text) or "1 frame" in text, text
+            # its boundaries are within a frame of the truth: any lag it is said to have is small
+            claimed = [float(x) for x in re.findall(f"(?:starts|ends) (?:bouts|them) {LAG}", text)]
+            assert all(x <= 2 for x in claimed), text
     clusters = [c for c in styles.cards if c.kind == "cluster"]
     assert len(clusters) == 3
     confuser_cluster = next(c for c in clusters if {groups[m] for m in c.members} == {"confuser"})

@@ -163,3 +163,22 @@ def test_crowd_items_have_no_bouts() -> None:
     assert bouts(ref, np.array([0, 1, 2, 3]), CLASSES, ["x", "y"], None, None) is None
     many = bouts(ref, np.array([0, 3]), CLASSES, ["x", "y"], None, 25.0)
     assert isinstance(many, Bouts) and many.frame_rate == 25.0 and many.reference == "others"
+
+
+def test_matching_a_long_chain_of_overlaps_is_linear() -> None:
+    """Bouts of 3 frames with 1-frame gaps, the annotator's shifted 2 frames earlier: each of its
+    bouts overlaps two of the reference's by one frame, a chain over the whole sequence. Greedy
+    matching (ties: the earlier pair) gives each reference bout the annotator bout that ends in
+    it; iterated mutual-best passes found one pair per pass here, quadratic in bouts (30 s)."""
+    import time
+
+    n = 25_000  # reference bouts: 100,000 frames
+    ref = np.tile([1, 1, 1, 0], n)
+    ann = np.roll(ref, 2)  # 1 0 1 1 1 0 1 1 1 ...: a first one-frame bout, then n bouts
+    t = time.perf_counter()
+    a = _one(ann.tolist(), ref.tolist())["a"]
+    seconds = time.perf_counter() - t
+    assert (a.n_reference, a.n_annotator, a.n_matched) == (n, n + 1, n)
+    assert (a.merged, a.split, a.missed, a.extra) == (n - 1, n, 0, 0)
+    assert (a.onset_lag.n, a.onset_lag.median) == (n - 1, -2.0)  # the first pair's onset is cut
+    assert seconds < 5, seconds

@@ -5,7 +5,8 @@ The reference of an annotator is, by default, the consensus of the *other* annot
 items it labelled (leave-one-out, so nobody is compared with itself); `reference` names it:
 "others", "model" (the trained model's consensus, which saw every annotator) or "gold".
 Frame counts are frames (items for crowd data); lags are in frames, negative = earlier than the
-reference, and `frame_rate` (when the config gives one) turns them into seconds.
+reference, and `frame_rate` (the config's, else the one the reader found, e.g. BORIS's FPS)
+turns them into seconds.
 """
 
 from __future__ import annotations
@@ -81,6 +82,8 @@ class AnnotatorQuality(ResultModel):
 
 
 class Quality(ResultModel):
+    """Every annotator's quality scores and flags (`tasks.styles.quality`)."""
+
     annotators: list[AnnotatorQuality]
     flagged: dict[str, list[str]]  # flag -> annotators carrying it
     level: Number = None  # the per-annotator test level: cfg.level / annotators tested (Bonferroni)
@@ -115,6 +118,8 @@ class ClassBouts(ResultModel):
 
 
 class AnnotatorBouts(ResultModel):
+    """One annotator's bouts matched to its reference's, per class and pooled."""
+
     annotator: str
     n_sequences: int  # sequences compared
     classes: list[ClassBouts]
@@ -128,18 +133,22 @@ class Bouts(ResultModel):
 
     reference: ReferenceKind
     background: str | None  # lags are measured where a bout borders this class (None: every edge)
-    frame_rate: Number  # frames per second, when the config gives it
+    frame_rate: Number  # frames per second (the config's, else the reader's), for lags in seconds
     annotators: list[AnnotatorBouts]
 
 
 # ---------------------------------------------------------------------------------- drift
 class DriftBin(ResultModel):
+    """The agreement with the reference in one batch, or one third of the sequences."""
+
     name: str  # a batch id, or start / middle / end of the sequences
     n: int  # compared frames in the bin
     agreement: Number
 
 
 class AnnotatorDrift(ResultModel):
+    """One annotator's agreement per batch and per position, and whether it moves beyond chance."""
+
     annotator: str
     by_batch: list[DriftBin]
     by_position: list[DriftBin]
@@ -149,6 +158,8 @@ class AnnotatorDrift(ResultModel):
 
 
 class Drift(ResultModel):
+    """Every annotator's drift (`tasks.styles.drift`)."""
+
     alpha: float  # the test level, after a Bonferroni correction over annotators
     annotators: list[AnnotatorDrift]
 

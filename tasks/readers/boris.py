@@ -13,7 +13,7 @@ event: `Observation id`, `Source` / `Media file name`, `Media duration (s)`, `FP
 - Frames: frame f covers [f/fps, (f+1)/fps). A STATE event [start, stop) labels the frames whose
   start time lies in it, frames ceil(start*fps) to ceil(stop*fps) - 1, so a stop exactly on a
   frame boundary leaves that frame out; a POINT event labels frame floor(time*fps), over any
-  STATE covering it. A time within `time_precision` seconds of a boundary counts as on it (BORIS
+  STATE covering it (a POINT at the media's end, where BORIS's player stops, the last frame). A time within `time_precision` seconds of a boundary counts as on it (BORIS
   writes milliseconds: 1/30 s is written 0.033). Frames no event covers get `background`; a
   STATE event shorter than a frame that holds no frame's start labels none.
 - Length: ceil(media duration * fps) when the export gives the duration, else the end of the
@@ -233,9 +233,11 @@ def _event(src: BorisSource, fixed: list[str] | None, background: str, path: Pat
     if stop < start:
         raise bad(STOP, row[STOP], f"the event stops before it starts ({row[START]} s)")
     tolerance = src.time_precision * fps
-    return _Event(path, line, observation, observer, sequence, behavior, point, _snap(start * fps, tolerance),
-                  _snap(stop * fps, tolerance), fps,
-                  None if duration is None else _snap(duration * fps, tolerance))
+    first, last = _snap(start * fps, tolerance), _snap(stop * fps, tolerance)
+    frames = None if duration is None else _snap(duration * fps, tolerance)
+    if point and frames is not None and first == frames == math.floor(frames) > 0:
+        first = last = frames - 1  # a POINT at the media's very end (where the player stops): its last frame
+    return _Event(path, line, observation, observer, sequence, behavior, point, first, last, fps, frames)
 
 
 def _number(row: dict[str, str], column: str | None, bad: Callable[[str, object, str], InputError], *,

@@ -38,7 +38,11 @@ def explain(dataset: DatasetStore, cfg: StylesConfig, matrix: np.ndarray,
     frame, needed only when `cfg.reference` is "model".
     """
     seconds: dict[str, float] = {}
-    t0 = time.perf_counter()
+
+    def timed(name: str, t: float) -> None:
+        seconds[name] = round(time.perf_counter() - t, 4)
+
+    t = time.perf_counter()
     labels = dataset.read_labels()
     names = dataset.class_names
     annotators = dataset.annotators
@@ -47,11 +51,7 @@ def explain(dataset: DatasetStore, cfg: StylesConfig, matrix: np.ndarray,
         raise InputError(dataset.uri, "analyze.styles.background", cfg.background,
                          f"not a class of the dataset (classes: {', '.join(names)})")
     ref = _reference(dataset, labels, len(names), cfg, model_track)
-    seconds["reference"] = time.perf_counter() - t0
-
-    def timed(name: str, t: float) -> None:
-        seconds[name] = round(time.perf_counter() - t, 4)
-
+    timed("reference", t)  # reading the labels included
     t = time.perf_counter()
     agree = agreement(labels, ref, names, annotators)
     timed("agreement", t)
@@ -63,9 +63,10 @@ def explain(dataset: DatasetStore, cfg: StylesConfig, matrix: np.ndarray,
     timing = bouts(ref, offsets, names, annotators, cfg.background, frame_rate)
     timed("bouts", t)
     t = time.perf_counter()
-    positions = frame_positions(offsets) if (np.diff(offsets) > 1).any() else None
-    # whole sequences are the sampled units of the drift test (frames of a sequence are not independent)
-    moves = drift(ref, frame_batches(dataset), positions, annotators, cfg.level, frame_sequences(offsets))
+    # whole sequences are the sampled units of the drift test (frames of a sequence are not independent);
+    # one-frame items have no position (-1), and drift then leaves positions out
+    moves = drift(ref, frame_batches(dataset), frame_positions(offsets), annotators, cfg.level,
+                  frame_sequences(offsets))
     timed("drift", t)
     t = time.perf_counter()
     k = best_k(matrix, clusters, annotators)
@@ -74,7 +75,6 @@ def explain(dataset: DatasetStore, cfg: StylesConfig, matrix: np.ndarray,
     if k is not None:
         cards += cluster_cards(agree, scores, timing, moves, cut, k)
     timed("cards", t)
-    seconds["reference"] = round(seconds["reference"], 4)
     return StylesReport(reference=ref.kind, k=k, clusters=cut, agreement=agree, quality=scores, bouts=timing,
                         drift=moves, cards=cards, seconds=seconds)
 

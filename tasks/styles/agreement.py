@@ -60,11 +60,11 @@ def kappa_from_confusion(cm: np.ndarray) -> tuple[float, float, float, float]:
     return k, float(np.sqrt(var)), po, pe
 
 
-def wilson(successes: int, n: int) -> Interval:
-    """95% Wilson interval of a proportion (None bounds when n = 0)."""
+def wilson(successes: int, n: int, confidence: float = 0.95) -> Interval:
+    """Wilson interval of a proportion, 95% unless told (None bounds when n = 0)."""
     if n <= 0:
         return Interval(low=None, high=None)
-    ci = stats.binomtest(int(successes), int(n)).proportion_ci(confidence_level=0.95, method="wilson")
+    ci = stats.binomtest(int(successes), int(n)).proportion_ci(confidence_level=confidence, method="wilson")
     return Interval(low=float(ci.low), high=float(ci.high))
 
 

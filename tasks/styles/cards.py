@@ -16,7 +16,8 @@ way. Lags are in frames, and in seconds too when `Bouts.frame_rate` is set.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,7 +26,6 @@ from scipy.stats import binomtest
 from storage.results.styles import (
     NOTHING_DISTINCTIVE,
     Agreement,
-    AnnotatorAgreement,
     AnnotatorBouts,
     AnnotatorDrift,
     AnnotatorQuality,
@@ -88,15 +88,42 @@ FLAG_WORDS = {"constant": "constant", "near_random": "near-random", "adversarial
 class _Side:
     """What a card compares: the subject's annotators, or the others'."""
 
-    agreement: list[AnnotatorAgreement]
+    confusion: np.ndarray  # (annotators, K, K) their confusion counts ([reference][label])
     pooled: bool  # pool the annotators (a cluster) or take the median over them (the others of one)
     word: str = "others"  # what a card calls this side: "others" or "non-members"
 
 
-def _rate(side: _Side, part: Callable[[AnnotatorAgreement], tuple[float, float]], least: float) -> float | None:
-    """A rate num / den: summed over the side when pooled, else the median of each annotator's."""
-    pairs = [part(a) for a in side.agreement]
-    return _combine(pairs, side.pooled, least)
+def _confusions(agreement: Agreement) -> np.ndarray:
+    """Every annotator's confusion counts as one (annotators, K, K) array (zeros where none), made
+    once per set of cards: each card compares one subject with all the others."""
+    k = len(agreement.classes)
+    out = np.zeros((len(agreement.annotators), k, k), np.float64)
+    for i, a in enumerate(agreement.annotators):
+        if a.confusion:
+            out[i] = np.asarray(a.confusion, np.float64)
+    return out
+
+
+def _rates(side: _Side, num: np.ndarray, den: np.ndarray, least: float) -> np.ndarray:
+    """Rates num / den, arrays with the side's annotators first: summed num / summed den when
+    pooled (NaN where that den < least), else the median of the annotators' own rates over those
+    with den >= least (NaN where none has one): `_combine`, for every cell at once."""
+    if side.pooled:
+        total = den.sum(axis=0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(total >= least, num.sum(axis=0) / total, np.nan)
+    ok = (den >= least) & (den > 0)
+    if not ok.any():
+        return np.full(np.broadcast_shapes(num.shape[1:], den.shape[1:]), np.nan)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        each = np.where(ok, num / den, np.nan)
+    with warnings.catch_warnings():  # a cell no annotator has: NaN, said as "no rate"
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmedian(each, axis=0)
+
+
+def _value(x: float) -> float | None:
+    return None if np.isnan(x) else float(x)
 
 
 def _combine(pairs: Sequence[tuple[float, float]], pooled: bool, least: float) -> float | None:
@@ -174,10 +201,11 @@ def _lag_claim(mine: Spread, others: Spread) -> bool:
     return True
 
 
-def _lag_detail(s: Spread, earlier: str, later: str, others: Spread, others_word: str | None) -> str:
+def _lag_detail(s: Spread, others: Spread, others_word: str | None) -> str:
+    """'(median; IQR 5-8; 38 of 40 earlier, 2 later; non-members: 0)': the numbers behind a lag."""
     assert s.median is not None
     extra = f"; {others_word}: {_num(others.median)}" if others_word and others.median is not None else ""
-    return (f"(median; IQR {_iqr(s)}; {s.n_below} of {s.n} {earlier}, {s.n_above} {later}{extra})")
+    return f"(median; IQR {_iqr(s)}; {s.n_below} of {s.n} earlier, {s.n_above} later{extra})"
 
 
 def _lag_line(bouts_word: str, on: tuple[Spread, Spread] | None, off: tuple[Spread, Spread] | None,
@@ -189,11 +217,11 @@ def _lag_line(bouts_word: str, on: tuple[Spread, Spread] | None, off: tuple[Spre
         assert s.median is not None
         when = "before" if s.median < 0 else "after"
         parts.append(f"starts {bouts_word} {_frames(abs(s.median), frame_rate)} {when} {ref} "
-                     + _lag_detail(s, "earlier", "later", o, others_word))
+                     + _lag_detail(s, o, others_word))
     if off is not None:
         s, o = off
         assert s.median is not None
-        detail = _lag_detail(s, "earlier", "later", o, others_word)
+        detail = _lag_detail(s, o, others_word)
         if parts:
             when = "earlier" if s.median < 0 else "later"
             parts.append(f"ends them {_frames(abs(s.median), frame_rate)} {when} {detail}")
@@ -244,17 +272,14 @@ def _confusion_lines(mine: _Side, others: _Side, classes: list[str], unit: str) 
     """'labels attack as investigation in 31% of attack frames (others: 4%)', largest excess first."""
     found: list[tuple[float, str]] = []
     n = len(classes)
+    # (K, K): each cell's share of its reference class's frames, for the subject and the others
+    rates = _rates(mine, mine.confusion, mine.confusion.sum(axis=2, keepdims=True), MIN_CLASS_FRAMES)
+    bases = _rates(others, others.confusion, others.confusion.sum(axis=2, keepdims=True), MIN_CLASS_FRAMES)
     for r in range(n):
         for c in range(n):
             if r == c:
                 continue
-
-            def cell(a: AnnotatorAgreement, r: int = r, c: int = c) -> tuple[float, float]:
-                row = a.confusion[r] if r < len(a.confusion) else []
-                return (float(row[c]) if c < len(row) else 0.0), float(sum(row))
-
-            rate = _rate(mine, cell, MIN_CLASS_FRAMES)
-            base = _rate(others, cell, MIN_CLASS_FRAMES)
+            rate, base = _value(rates[r, c]), _value(bases[r, c])
             if rate is None or rate < MIN_CONFUSION or (base is not None and rate < CONFUSION_FACTOR * base):
                 continue
             theirs = f" ({others.word}: {_pct(base)})" if base is not None else ""
@@ -267,16 +292,15 @@ def _confusion_lines(mine: _Side, others: _Side, classes: list[str], unit: str) 
 def _agreement_line(mine: _Side, others: _Side, ref: str, unit: str) -> list[str]:
     """The overall agreement, when it is well away from the others'."""
 
-    def diag(a: AnnotatorAgreement) -> tuple[float, float]:
-        m = np.asarray(a.confusion, dtype=np.float64)
-        return (float(np.trace(m)), float(m.sum())) if m.size else (0.0, 0.0)
+    def rate(side: _Side) -> float | None:
+        hits = np.trace(side.confusion, axis1=1, axis2=2)
+        return _value(float(_rates(side, hits, side.confusion.sum(axis=(1, 2)), MIN_COMPARED)))
 
-    rate = _rate(mine, diag, MIN_COMPARED)
-    base = _rate(others, diag, MIN_COMPARED)
-    if rate is None or base is None or abs(rate - base) < AGREEMENT_GAP:
+    mine_rate, base = rate(mine), rate(others)
+    if mine_rate is None or base is None or abs(mine_rate - base) < AGREEMENT_GAP:
         return []
-    n = int(sum(diag(a)[1] for a in mine.agreement))
-    return [f"agrees with {ref} on {_pct(rate)} of {n:,} {unit} ({others.word}: {_pct(base)})"]
+    n = int(mine.confusion.sum())
+    return [f"agrees with {ref} on {_pct(mine_rate)} of {n:,} {unit} ({others.word}: {_pct(base)})"]
 
 
 # ------------------------------------------------------------------------------- bout rates
@@ -301,7 +325,6 @@ def _bout_lines(mine: list[AnnotatorBouts], others: list[AnnotatorBouts], pooled
     lines = []
     for name in classes:
         for count, denom, text in BOUT_RATES:
-
             have = _bout_pairs(mine, name, count, denom)
             rate = _combine(have, True, MIN_BOUTS)
             base = _combine(_bout_pairs(others, name, count, denom), pooled, MIN_BOUTS)
@@ -363,13 +386,15 @@ def _members_flagged(members: list[str], flags: dict[str, list[str]], words: dic
 
 
 # ------------------------------------------------------------------------------------ cards
-def _card_lines(members: list[str], agreement: Agreement, bouts: Bouts | None, cluster: bool) -> list[str]:
-    """The numbers' lines (lags, confusions, bout rates, agreement) of a subject against the rest."""
+def _card_lines(members: list[str], agreement: Agreement, confusions: np.ndarray, bouts: Bouts | None,
+                cluster: bool) -> list[str]:
+    """The numbers' lines (lags, confusions, bout rates, agreement) of a subject against the rest;
+    `confusions` is `_confusions(agreement)`."""
     inside = set(members)
     ref = REFERENCE_WORDS[agreement.reference]
-    mine = _Side([a for a in agreement.annotators if a.annotator in inside], True)
-    rest = _Side([a for a in agreement.annotators if a.annotator not in inside], cluster,
-                 "non-members" if cluster else "others")
+    member = np.array([a.annotator in inside for a in agreement.annotators], bool)
+    mine = _Side(confusions[member], True)
+    rest = _Side(confusions[~member], cluster, "non-members" if cluster else "others")
     lines: list[str] = []
     if bouts is not None:
         b_mine = [b for b in bouts.annotators if b.annotator in inside]
@@ -393,11 +418,12 @@ def annotator_cards(agreement: Agreement, quality: Quality | None, bouts: Bouts 
     ref = REFERENCE_WORDS[agreement.reference]
     qual = {q.annotator: q for q in quality.annotators} if quality else {}
     drifts = {d.annotator: d for d in drift.annotators} if drift else {}
+    confusions = _confusions(agreement)
     cards = []
     for a in agreement.annotators:
         name = a.annotator
         lines = _quality_lines(qual[name]) if name in qual else []
-        lines += _card_lines([name], agreement, bouts, cluster=False)
+        lines += _card_lines([name], agreement, confusions, bouts, cluster=False)
         lines += _drift_lines(drifts[name], ref) if name in drifts else []
         cards.append(StyleCard(kind="annotator", name=name, members=[name], lines=lines or [NOTHING_DISTINCTIVE]))
     return cards
@@ -408,6 +434,7 @@ def cluster_cards(agreement: Agreement, quality: Quality | None, bouts: Bouts | 
     """One card per cluster of `clusters` (annotator -> cluster id, cut at `k`): its members pooled
     against the non-members."""
     known = [a.annotator for a in agreement.annotators]
+    confusions = _confusions(agreement)
     cards = []
     for cid in sorted(set(clusters.values())):
         members = [a for a in known if clusters.get(a) == cid]
@@ -418,7 +445,7 @@ def cluster_cards(agreement: Agreement, quality: Quality | None, bouts: Bouts | 
             flagged = {f: [q.annotator for q in quality.annotators if q.annotator in members and f in q.flags]
                        for f in FLAG_WORDS}
             lines += _members_flagged(members, flagged, FLAG_WORDS)
-        lines += _card_lines(members, agreement, bouts, cluster=True)
+        lines += _card_lines(members, agreement, confusions, bouts, cluster=True)
         if drift is not None:
             flagged = {f: [d.annotator for d in drift.annotators if d.annotator in members and f in d.flags]
                        for f in DRIFT_WORDS}

@@ -39,10 +39,19 @@ class Reference:
 
 def vote_counts(labels: np.ndarray, n_classes: int) -> np.ndarray:
     """(frames, classes) how many annotators gave each class; `labels` is (frames, annotators), -1 = none."""
-    counts = np.zeros((labels.shape[0], n_classes), np.int32)
-    for c in range(n_classes):
-        counts[:, c] = (labels == c).sum(axis=1)
-    return counts
+    labels = np.asarray(labels)
+    given = labels >= 0
+    flat = np.nonzero(given)[0] * n_classes + labels[given].astype(np.int64)  # one pass, not one per class
+    counts = np.bincount(flat, minlength=labels.shape[0] * n_classes)
+    return counts.reshape(labels.shape[0], n_classes).astype(np.int32)
+
+
+def others_votes(counts: np.ndarray, rows: np.ndarray, own: np.ndarray) -> np.ndarray:
+    """(len(rows), classes) the other annotators' votes on `rows`: `vote_counts` there less the
+    annotator's own label `own` on each (so it never votes for itself)."""
+    others = counts[rows].copy()
+    others[np.arange(len(rows)), own] -= 1
+    return others
 
 
 def class_prior(labels: np.ndarray, n_classes: int) -> np.ndarray:
@@ -56,20 +65,21 @@ def leave_one_out(labels: np.ndarray, n_classes: int, min_others: int = 1) -> Re
     """Each annotator against the majority of the others on the frames it labelled."""
     labels = np.asarray(labels)
     counts = vote_counts(labels, n_classes)
-    # a tie-break below one vote: the crowd's most used class wins a tie
-    tie = class_prior(labels, n_classes) * (0.5 / (1.0 + n_classes))
-    tie = tie + np.arange(n_classes)[::-1] * 1e-9  # equal priors: the lower code
+    # exact tie-break: votes * K + rank, the rank larger for the crowd's more used class, then
+    # for the lower code (a small float added to the votes is swamped once K or the crowd is large)
+    crowd = counts.sum(axis=0, dtype=np.int64)
+    rank = np.empty(n_classes, np.int64)
+    rank[np.lexsort((-np.arange(n_classes), crowd))] = np.arange(n_classes)
     rows, own, ref = [], [], []
     for a in range(labels.shape[1]):
         r = np.flatnonzero(labels[:, a] >= 0)
         mine = labels[r, a].astype(np.int64)
-        others = counts[r].copy()
-        others[np.arange(len(r)), mine] -= 1
+        others = others_votes(counts, r, mine)
         keep = others.sum(axis=1) >= min_others
         r, mine, others = r[keep], mine[keep], others[keep]
         rows.append(r)
         own.append(mine)
-        ref.append(np.argmax(others + tie, axis=1).astype(np.int64))
+        ref.append(np.argmax(others.astype(np.int64) * n_classes + rank, axis=1))
     return Reference("others", n_classes, rows, own, ref)
 
 

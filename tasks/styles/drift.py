@@ -24,7 +24,10 @@ from scipy import stats
 
 from storage.dataset_store import DatasetStore
 from storage.results.styles import AnnotatorDrift, Drift, DriftBin, DriftFlag
+from tasks.loader import sequence_of_frames as frame_sequences  # the sequence index of every frame
 from tasks.styles.consensus import Reference
+
+__all__ = ["POSITIONS", "design_effect", "drift", "frame_batches", "frame_positions", "frame_sequences"]
 
 POSITIONS = ["start", "middle", "end"]
 
@@ -54,12 +57,6 @@ def frame_positions(offsets: np.ndarray) -> np.ndarray:
     out = (3 * within) // np.maximum(length, 1)
     out[length < 2] = -1
     return out
-
-
-def frame_sequences(offsets: np.ndarray) -> np.ndarray:
-    """The sequence index of every frame (sequence i is frames offsets[i]:offsets[i + 1])."""
-    offsets = np.asarray(offsets, np.int64)
-    return np.repeat(np.arange(len(offsets) - 1), np.diff(offsets))
 
 
 def design_effect(correct: np.ndarray, groups: np.ndarray, clusters: np.ndarray, n_groups: int) -> float:

@@ -36,24 +36,25 @@ Flags (none for an annotator with fewer than `cfg.min_labels` compared labels; e
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 from crowdkit.aggregation import DawidSkene
 from scipy import stats
 
 from configs.analyze import StylesConfig
 from storage.results.styles import Agreement, AnnotatorQuality, Quality, QualityFlag
-from tasks.styles.consensus import Reference, class_prior, vote_counts
+from tasks.aggregate import long_table
+from tasks.styles.agreement import wilson
+from tasks.styles.cards import REFERENCE_WORDS
+from tasks.styles.consensus import Reference, class_prior, others_votes, vote_counts
 
 CLIP = 1e-6  # CROWDLAB's lower clip of weights and errors
 
 
 def dawid_skene_skills(labels: np.ndarray, n_classes: int) -> np.ndarray:
     """Each annotator's accuracy implied by crowd-kit's Dawid-Skene fit (NaN: no labels)."""
-    frames, cols = np.nonzero(labels >= 0)
     skills = np.full(labels.shape[1], np.nan)
-    if not len(frames):
+    data = long_table(labels)
+    if not len(data):
         return skills
-    data = pd.DataFrame({"task": frames, "worker": cols, "label": labels[frames, cols].astype(np.int64)})
     ds = DawidSkene(n_iter=100).fit(data)
     errors = ds.errors_
     priors = ds.priors_
@@ -88,8 +89,7 @@ def crowdlab_scores(labels: np.ndarray, ref: Reference, agreement_rate: np.ndarr
         r, own = ref.rows[a], ref.labels[a]
         if not len(r):
             continue
-        others = counts[r].copy()
-        others[np.arange(len(r)), own] -= 1
+        others = others_votes(counts, r, own)
         n_o = others.sum(axis=1)
         soft = (others + prior) / (n_o + 1.0)[:, None]
         lqs[a] = float(soft[np.arange(len(r)), own].mean())
@@ -116,8 +116,9 @@ def kappa_upper(kappa: float | None, se: float | None, hits: int, n: int, chance
     if kappa is None or se is None or chance is None or n <= 0 or chance >= 1.0:
         return float("nan")
     asymptotic = kappa + float(stats.norm.ppf(1.0 - level)) * se
-    high = stats.binomtest(hits, n).proportion_ci(confidence_level=1.0 - 2.0 * level, method="wilson").high
-    return max(asymptotic, (float(high) - chance) / (1.0 - chance))
+    high = wilson(hits, n, confidence=1.0 - 2.0 * level).high  # its upper bound is one-sided at `level`
+    assert high is not None
+    return max(asymptotic, (high - chance) / (1.0 - chance))
 
 
 def _flags(a: int, ref: Reference, agr: Agreement, classes: list[str], cfg: StylesConfig,
@@ -129,6 +130,7 @@ def _flags(a: int, ref: Reference, agr: Agreement, classes: list[str], cfg: Styl
     upper = kappa_upper(row.kappa, row.kappa_se, int(np.sum(own == theirs)), n, row.chance, level)
     flags: list[QualityFlag] = []
     evidence: list[str] = []
+    whom = REFERENCE_WORDS[ref.kind]  # "the others", or the model's consensus it was compared with
     if n < cfg.min_labels:
         return flags, evidence, upper
     top = int(np.bincount(own, minlength=ref.n_classes).argmax())
@@ -139,8 +141,8 @@ def _flags(a: int, ref: Reference, agr: Agreement, classes: list[str], cfg: Styl
         if p < level:
             flags.append("constant")
             evidence.append(
-                f"constant: answers {classes[top]} on {share:.0%} of its {n} compared labels, while the "
-                f"others give {classes[top]} on {ref_hits / n:.0%} of the same items (binomial test against "
+                f"constant: answers {classes[top]} on {share:.0%} of its {n} compared labels, while "
+                f"{whom} {'gives' if ref.kind == 'model' else 'give'} {classes[top]} on {ref_hits / n:.0%} of the same items (binomial test against "
                 f"{cfg.constant_share:.0%}: p = {p:.2g} < {level:.2g})")
             return flags, evidence, upper
     # kappa is 0 whatever the skill when either side gives one class only: no evidence there
@@ -150,13 +152,13 @@ def _flags(a: int, ref: Reference, agr: Agreement, classes: list[str], cfg: Styl
         if upper < 0.0:
             flags.append("adversarial")
             evidence.append(
-                f"adversarial: agrees with the others on {row.agreement:.0%} of {n} items, below chance "
+                f"adversarial: agrees with {whom} on {row.agreement:.0%} of {n} items, below chance "
                 f"({row.chance:.0%}); kappa {row.kappa:.2f}, its one-sided {1 - level:.4%} upper bound "
                 f"{upper:.2f} < 0")
         elif upper < cfg.slight_kappa:
             flags.append("near_random")
             evidence.append(
-                f"near-random: agrees with the others on {row.agreement:.0%} of {n} items (chance "
+                f"near-random: agrees with {whom} on {row.agreement:.0%} of {n} items (chance "
                 f"{row.chance:.0%}); kappa {row.kappa:.2f}, its one-sided {1 - level:.4%} upper bound "
                 f"{upper:.2f} < {cfg.slight_kappa:g} (slight agreement)")
     return flags, evidence, upper
