@@ -60,6 +60,14 @@ def features(folder: Path, write: Callable[[Path], None]) -> Path:
     return table(folder, "task,worker,label\n0,a,x\n1,a,y\n", features="features.npy")
 
 
+def npy_unclosed_header(path: Path) -> None:
+    """A .npy whose header dictionary never closes (numpy's parser raises a tokenizer error;
+    found by tests/test_fuzz_readers.py)."""
+    header = b"{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), "
+    header += b" " * (63 - len(header) % 64) + b"\n"
+    path.write_bytes(b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header + bytes(24))
+
+
 def npy_header_only(path: Path) -> None:
     """A .npy whose header claims 10^12 rows of 5 float64 but holds 80 bytes."""
     with path.open("wb") as file:
@@ -135,6 +143,7 @@ CASES: dict[str, tuple[Callable[[Path], Path], list[str]]] = {
     "truncated npy": (lambda d: features(d, lambda p: (np.save(p, np.zeros((2, 5))), p.write_bytes(p.read_bytes()[:-8]))),
                       ["features.npy", "'features'", "truncated"]),
     "npy header claiming 10^12 rows": (lambda d: features(d, npy_header_only), ["features.npy", "'features'", "truncated"]),
+    "npy header never closed": (lambda d: features(d, npy_unclosed_header), ["features.npy", "'features'", "header"]),
     "zero-width features": (lambda d: features(d, lambda p: np.save(p, np.zeros((2, 0), np.float32))),
                             ["features.npy", "'features'", "zero-width"]),
     "more than 32,767 classes": (many_classes, ["labels.csv", "'label'", "too many classes", "32,767"]),

@@ -6,6 +6,7 @@ is a hash lookup: the dreem tracks have 430k cells.
 
 from __future__ import annotations
 
+import tokenize
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -256,8 +257,11 @@ def npy_features(path: Path, field: str) -> np.ndarray:
     check_size(path, field, check_regular(path, field), MAX_TABLE_BYTES)
     try:
         array = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError, EOFError) as err:
+    except (ValueError, OSError, EOFError, SyntaxError, tokenize.TokenError) as err:
+        # a damaged header dictionary reaches numpy's parser: ast and tokenize errors, not ValueError
         problem = " ".join(str(err).split())
+        if isinstance(err, (SyntaxError, tokenize.TokenError)):
+            problem = f"damaged header ({problem})"
         if isinstance(err, EOFError) or "mmap length" in problem:
             problem = "empty or truncated file (the header's shape needs more bytes than the file holds)"
         raise InputError(path, field, None, f"cannot read the .npy: {problem}") from err
