@@ -35,7 +35,9 @@ class CrowdAggregate:
     """Aggregate a label matrix with crowd-kit's MajorityVote ("mv") or DawidSkene ("ds").
 
     Fitted attributes: `labels_` (n_frames,) int16, -1 where a frame has no label; `probas_`
-    (n_frames, n_classes) float32, zero rows where a frame has no label; `seconds_`.
+    (n_frames, n_classes) float32, zero rows where a frame has no label; `model_`, the fitted
+    crowd-kit model (None when there were no labels; tasks indexed by frame, workers by column);
+    `seconds_`.
 
     >>> agg = CrowdAggregate("mv", n_classes=2).fit(np.array([[0, 0, 1], [-1, 1, 1]], np.int16))
     >>> agg.labels_.tolist()
@@ -55,9 +57,11 @@ class CrowdAggregate:
         self.labels_ = np.full(n, -1, np.int16)
         self.probas_ = np.zeros((n, self.n_classes), np.float32)
         table = long_table(labels)
+        self.model_: MajorityVote | DawidSkene | None = None
         if len(table):
             model = MajorityVote() if self.method == "mv" else DawidSkene(n_iter=self.n_iter, tol=self.tol)
             model.fit(table)
+            self.model_ = model
             hard, probas = model.labels_, model.probas_
             if hard is None or probas is None:
                 raise RuntimeError(f"crowd-kit's {self.method} set no labels after fitting")

@@ -7,7 +7,7 @@ analyze stage saves them next to its other figures (`tasks.figures.save`), and M
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 import matplotlib
 
@@ -16,7 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from storage.results.styles import Agreement, Bouts, ClassBouts, Drift, Quality  # noqa: E402
+from storage.results.styles import Agreement, Bouts, Drift, Quality  # noqa: E402
 
 MAX_PANELS = 24  # annotators in a confusion grid; more: one panel per cluster
 FLAG_COLOURS = {"constant": "tab:orange", "near_random": "tab:red", "adversarial": "tab:purple"}
@@ -70,24 +70,15 @@ def _reference_words(kind: str) -> str:
     return {"others": "consensus of the other annotators", "model": "model's consensus", "gold": "gold labels"}[kind]
 
 
-def _summary(classes: Sequence[ClassBouts], background: str | None) -> ClassBouts | None:
-    """The class (not the background) with the most matched bouts: what a box shows for an
-    annotator whose report has no pooled `behaviour` row."""
-    shown = [c for c in classes if c.name != background]
-    return max(shown, key=lambda c: c.n_matched, default=None)
-
-
 def lag_boxes(bouts: Bouts, clusters: Mapping[str, int]) -> Figure:
     """Onset and offset lags per annotator (median and interquartile range), grouped by cluster."""
     order = sorted(bouts.annotators, key=lambda a: (clusters.get(a.annotator, -1), a.annotator))
     colours = plt.get_cmap("tab10")
     fig, axes = plt.subplots(1, 2, figsize=(max(6.0, 0.35 * len(order) + 3) * 2, 4.5), squeeze=False)
-    unit = "frames"
     for ax, edge in zip(axes[0], ("onset_lag", "offset_lag"), strict=True):
         stats, face = [], []
         for a in order:
-            row = a.behaviour or _summary(a.classes, bouts.background)
-            spread = getattr(row, edge) if row is not None else None
+            spread = getattr(a.behaviour, edge) if a.behaviour is not None else None
             if spread is None or spread.median is None:
                 stats.append({"med": np.nan, "q1": np.nan, "q3": np.nan, "whislo": np.nan, "whishi": np.nan,
                               "label": a.annotator})
@@ -101,7 +92,7 @@ def lag_boxes(bouts: Bouts, clusters: Mapping[str, int]) -> Figure:
         ax.axhline(0, color="k", linewidth=0.8, linestyle="--")
         ax.tick_params(axis="x", labelrotation=90, labelsize=7)
         ax.set_xlabel("annotator (colour: cluster)")
-        ax.set_ylabel(f"{edge.replace('_', ' ')} against the reference ({unit}; < 0 earlier)")
+        ax.set_ylabel(f"{edge.replace('_', ' ')} against the reference (frames; < 0 earlier)")
     edges = f"edges bordering {bouts.background}" if bouts.background else "every bout edge"
     fig.suptitle(f"bout onset and offset lags, median and IQR ({edges})")
     fig.tight_layout()

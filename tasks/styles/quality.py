@@ -41,7 +41,7 @@ from scipy import stats
 
 from configs.analyze import StylesConfig
 from storage.results.styles import Agreement, AnnotatorQuality, Quality, QualityFlag
-from tasks.aggregate import long_table
+from tasks.aggregate import CrowdAggregate
 from tasks.styles.agreement import wilson
 from tasks.styles.cards import REFERENCE_WORDS
 from tasks.styles.consensus import Reference, class_prior, others_votes, vote_counts
@@ -52,10 +52,9 @@ CLIP = 1e-6  # CROWDLAB's lower clip of weights and errors
 def dawid_skene_skills(labels: np.ndarray, n_classes: int) -> np.ndarray:
     """Each annotator's accuracy implied by crowd-kit's Dawid-Skene fit (NaN: no labels)."""
     skills = np.full(labels.shape[1], np.nan)
-    data = long_table(labels)
-    if not len(data):
+    ds = CrowdAggregate("ds", n_classes).fit(labels).model_
+    if not isinstance(ds, DawidSkene):  # no labels at all
         return skills
-    ds = DawidSkene(n_iter=100).fit(data)
     errors = ds.errors_
     priors = ds.priors_
     if errors is None or priors is None:
