@@ -34,6 +34,7 @@ from tasks.augment import sequence_view, vector_view
 from tasks.encoders import Encoder, build_encoder, context_frames_each_side, resolve_kind
 from tasks.loader import ChunkReader, cut_crops, iter_batches, scan_features
 from tasks.train import (
+    adamw,
     autocast_for,
     epoch_seed,
     initial_encoder,
@@ -118,7 +119,7 @@ def pretrain_simclr(store: DatasetStore, train: TrainConfig, config: SimCLRConfi
     encoder = initial_encoder(enc_cfg, scan, kind).to(device)
     head = ProjectionHead(encoder.dim, config.projection_dim).to(device)
     params = [*encoder.parameters(), *head.parameters()]
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = adamw(params, config.lr, config.weight_decay)
     mean = torch.as_tensor(scan.mean, dtype=torch.float32)
     std = torch.as_tensor(np.maximum(scan.std, 1e-6), dtype=torch.float32)
     assert scan.diff_std is not None  # a full scan always measures it

@@ -415,6 +415,13 @@ def autocast_for(device: str, config: TrainConfig) -> AbstractContextManager[Any
     return nullcontext()
 
 
+def adamw(params: list[torch.nn.Parameter], lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW with PyTorch's fused kernel: one call updates every parameter (the default updates
+    them one tensor at a time, about 0.6 ms a step for a small MLP on the CPU); the same values
+    to rounding. Float32 parameters on the CPU or CUDA, the only ones training makes."""
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
+
+
 def seed_dropout(seed: int, device: str) -> None:
     """Seed the generator dropout draws from: `torch.manual_seed`'s effect on `device`. On the CPU
     only the CPU generator is seeded: `torch.manual_seed` also queues a lazy seed for CUDA, which
@@ -638,7 +645,7 @@ def build_trainees(config: TrainConfig, data: Data, kind: str, n_annotators: int
             uid = 0 if name == MAIN else 100 + kinds.index(name)
         net.to(device)
         params = [p for p in net.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=config.optim.lr, weight_decay=config.optim.weight_decay)
+        opt = adamw(params, config.optim.lr, config.optim.weight_decay)
         trainee = Trainee(name, net, opt, targets.get(name), uid)
         if data.memory is not None:  # the training targets of every frame, on the device, once
             allowed = data.split.train_frames
