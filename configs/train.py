@@ -166,6 +166,11 @@ class TrainConfig(Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     mixed_precision: bool = Field(True, description="bfloat16 autocast on CUDA (ignored on the CPU)")
     threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's)")
+    seed_workers: int | None = Field(
+        None, ge=1, description="processes that train `seeds` side by side on the CPU, each with its own copy "
+        "of the in-memory features (default: as many as the cores hold at `threads` each and "
+        "`loader.in_memory_mb` holds copies, at most one per seed; 1 when `threads` is unset or on CUDA); "
+        "the models are the same as one after another")
     deterministic: bool = Field(True, description="torch deterministic algorithms")
     encoder: EncoderConfig = EncoderConfig()
     head: HeadConfig = HeadConfig()

@@ -80,7 +80,7 @@ TRAINEE_IDS = {MAIN: 0, "mv": 1, "ds": 2}
 # --------------------------------------------------------------------------- set-up helpers
 def train_key(version: str, config: TrainConfig) -> str:
     """Checkpoint key: dataset version plus a hash of every train setting that changes the result."""
-    settings = config.model_dump(mode="json", exclude={"log_every_s", "checkpoint_every_s"})
+    settings = config.model_dump(mode="json", exclude={"log_every_s", "checkpoint_every_s", "seed_workers"})
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
     return f"{version}-{digest}"
 
@@ -790,24 +790,14 @@ def train_model(config: PipelineConfig, layout: RootLayout) -> TrainResult:
         return label_only_result(config, store)
     if store.n_labels == 0:  # the manifest counts them: no need to read the labels here
         raise InputError(uri, "labels", 0, "no crowd labels to train on")
-    device = pick_device(cfg)
-    set_determinism(cfg, device)
-    lengths = np.diff(store.offsets)
-    kind = resolve_kind(cfg.encoder, int(lengths.max()))
-    context = context_frames_each_side(cfg.encoder, kind)
-    crop = 1 if int(lengths.max()) == 1 else cfg.loader.crop_frames
-    data = prepare(store, cfg, context, crop)
-    rule = selection_rule(cfg, data.split, where=uri)
-    if not data.split.train_frames.any():
-        raise InputError(uri, "labels", 0, "no crowd-labelled item is left to train on after the split")
-
-    targets: dict[str, np.ndarray] = {}
-    for method in cfg.baselines:  # aggregated on the training items' labels only
-        train_labels = np.where(data.split.train_frames[:, None], data.labels, -1).astype(data.labels.dtype)
-        targets[method] = CrowdAggregate(method, store.n_classes).fit(train_labels).labels_
-    feed = make_feed(data, cfg, device)
-    runs = [train_seed(config, layout, seed_config(cfg, s), store, data, feed, kind, crop, targets, device, rule)
-            for s in cfg.seed_list()]
+    setup = set_up(config, store)
+    seeds = cfg.seed_list()
+    held = setup.data.n_frames * setup.data.scan.n_features * 4 if isinstance(setup.data.features, InMemoryChunks) else 0
+    workers = seed_workers(cfg, setup.device, len(seeds), held)
+    if workers > 1:
+        runs = train_seeds_in_processes(config, layout, seeds, setup.targets, workers)
+    else:
+        runs = [train_seed(config, layout, seed_config(cfg, s), setup) for s in seeds]
     chosen = runs[0]
     result = chosen.model_copy(update={
         "seconds": time.perf_counter() - t_start,
@@ -822,12 +812,115 @@ def train_model(config: PipelineConfig, layout: RootLayout) -> TrainResult:
     return result
 
 
-def train_seed(config: PipelineConfig, layout: RootLayout, cfg: TrainConfig, store: DatasetStore, data: Data,
-               feed: Feed, kind: str, crop: int, targets: dict[str, np.ndarray], device: str,
-               rule: str) -> TrainResult:
+@dataclass
+class SetUp:
+    """What every seed of a training shares: the store, its data and split, the batches, the
+    encoder kind, the baselines' aggregated targets, the device and the selection rule."""
+
+    store: DatasetStore
+    data: Data
+    feed: Feed
+    kind: str
+    crop: int
+    targets: dict[str, np.ndarray]
+    device: str
+    rule: str
+
+
+def set_up(config: PipelineConfig, store: DatasetStore, targets: dict[str, np.ndarray] | None = None) -> SetUp:
+    """Read the store for training and check the split; aggregate the baselines' targets on the
+    training items' labels (unless given: a seed worker gets its parent's)."""
+    cfg = config.train
+    device = pick_device(cfg)
+    set_determinism(cfg, device)
+    lengths = np.diff(store.offsets)
+    kind = resolve_kind(cfg.encoder, int(lengths.max()))
+    context = context_frames_each_side(cfg.encoder, kind)
+    crop = 1 if int(lengths.max()) == 1 else cfg.loader.crop_frames
+    data = prepare(store, cfg, context, crop)
+    rule = selection_rule(cfg, data.split, where=store.uri)
+    if not data.split.train_frames.any():
+        raise InputError(store.uri, "labels", 0, "no crowd-labelled item is left to train on after the split")
+    if targets is None:
+        targets = {}
+        for method in cfg.baselines:  # aggregated on the training items' labels only
+            train_labels = np.where(data.split.train_frames[:, None], data.labels, -1).astype(data.labels.dtype)
+            targets[method] = CrowdAggregate(method, store.n_classes).fit(train_labels).labels_
+    return SetUp(store, data, make_feed(data, cfg, device), kind, crop, targets, device, rule)
+
+
+def seed_workers(config: TrainConfig, device: str, n_seeds: int, held_bytes: int) -> int:
+    """Processes for the seeds: `seed_workers`, else as many as the usable cores hold at `threads`
+    each (one when `threads` is unset: torch then takes every core) and as many copies of the
+    in-memory features (`held_bytes` each) as `loader.in_memory_mb` holds, at most one per seed;
+    one on CUDA (the seeds would share one device)."""
+    if device != "cpu" or n_seeds < 2:
+        return 1
+    if config.seed_workers is not None:
+        return min(config.seed_workers, n_seeds)
+    if config.threads is None:
+        return 1
+    by_memory = int(config.loader.in_memory_mb * 2 ** 20 // held_bytes) if held_bytes else n_seeds
+    return max(1, min(n_seeds, len(os.sched_getaffinity(0)) // config.threads, by_memory))
+
+
+def train_seeds_in_processes(config: PipelineConfig, layout: RootLayout, seeds: list[int],
+                             targets: dict[str, np.ndarray], workers: int) -> list[TrainResult]:
+    """Each seed in a fresh process (`spawn`: no forked torch or thread state), `workers` at a
+    time; the results in seed order. Each seed trains as it would alone: its own seeding, its
+    own run folder and checkpoint, so a retry after a crash resumes every seed."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    log.info("training seeds %s in %d processes", seeds, workers)
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_seed_worker_start, initargs=(log.getEffectiveLevel(), os.getpid())) \
+            as pool:
+        futures = [pool.submit(_train_one_seed, config, layout, s, targets) for s in seeds]
+        try:
+            runs = [f.result() for f in futures]
+        except BaseException:
+            for f in futures:
+                f.cancel()
+            raise
+    for r in runs:
+        log.info("seed %d: %d epochs, kept epoch %d, test accuracy %s (%.1f s)", r.seed, r.epochs, r.best_epoch,
+                 _fmt(r.test_accuracy.get("model")), r.seconds)
+    return runs
+
+
+def _seed_worker_start(level: int, parent: int) -> None:
+    """A seed worker dies with its parent (Linux: the parent's death signals it; no process of
+    ours outlives a killed command) and logs to the inherited stderr."""
+    import contextlib
+    import ctypes
+    import signal
+
+    with contextlib.suppress(OSError, AttributeError):  # not Linux: the pool's pipes end it, later
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the parent died before the signal was armed
+        os._exit(1)
+    logging.basicConfig(level=logging.WARNING, handlers=[logging.StreamHandler()], force=True)
+    for ours in ("tasks", "storage"):  # the parent's level for our own packages' progress lines
+        logging.getLogger(ours).setLevel(level)
+
+
+def _train_one_seed(config: PipelineConfig, layout: RootLayout, seed: int,
+                    targets: dict[str, np.ndarray]) -> TrainResult:
+    """One seed in a worker: the parent's set-up rebuilt from the store (the targets passed in)."""
+    for handler in logging.getLogger().handlers:  # parallel seeds' lines interleave: each says its seed
+        handler.setFormatter(logging.Formatter(
+            f"%(asctime)s %(levelname)s %(name)s [seed {seed}]: %(message)s"))
+    setup = set_up(config, DatasetStore.open(layout.dataset_uri(config.name)), targets)
+    return train_seed(config, layout, seed_config(config.train, seed), setup)
+
+
+def train_seed(config: PipelineConfig, layout: RootLayout, cfg: TrainConfig, setup: SetUp) -> TrainResult:
     """One seed's training in its own run folder: its models, the saved annotator model, its result
     (a finished run's result when the folder holds one)."""
     t_start = time.perf_counter()
+    store, data, feed, kind, crop = setup.store, setup.data, setup.feed, setup.kind, setup.crop
+    targets, device, rule = setup.targets, setup.device, setup.rule
     key = train_key(store.version, cfg)
     run = RunFolder(layout.run_dir(config.name, key)).create()
     finished = run.read_summary()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -118,3 +119,21 @@ def kill_when_written(code: str, folder: Path, pattern: str, timeout: float = 12
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
     return next(folder.glob(pattern))
+
+
+def processes_of(root: Path) -> set[int]:
+    """Every live process that names the root in its command line or environment (a command run
+    under it sets PREFECT_HOME=<root>/prefect, which its children inherit)."""
+    marker, found = str(root).encode(), set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            if stat.rsplit(")", 1)[-1].split()[0] in ("Z", "X"):
+                continue
+            if marker in (entry / "cmdline").read_bytes() or marker in (entry / "environ").read_bytes():
+                found.add(int(entry.name))
+        except OSError:
+            continue
+    return found

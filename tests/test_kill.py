@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import big_batch
+from conftest import big_batch, processes_of
 
 from configs.schema import StoreConfig
 from storage.dataset_store import DatasetStore, open_or_create
@@ -88,24 +88,6 @@ def user_env() -> dict[str, str]:
     """A user's shell: none of the test session's Prefect, MLflow or scratch settings."""
     drop = ("MPLCONFIGDIR", "DASK_TEMPORARY_DIRECTORY", "MLFLOW_TRACKING_URI")
     return {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "ANNOSTYLE_")) and k not in drop}
-
-
-def processes_of(root: Path) -> set[int]:
-    """Every live process that names the root in its command line or environment (a command run
-    under it sets PREFECT_HOME=<root>/prefect, which its children inherit)."""
-    marker, found = str(root).encode(), set()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            if stat.rsplit(")", 1)[-1].split()[0] in ("Z", "X"):
-                continue
-            if marker in (entry / "cmdline").read_bytes() or marker in (entry / "environ").read_bytes():
-                found.add(int(entry.name))
-        except OSError:
-            continue
-    return found
 
 
 @pytest.mark.slow

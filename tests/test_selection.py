@@ -1,15 +1,22 @@
 """Splits and model selection: test labels never reach training or selection, validation items
 never train, the split has its own seed, bad split settings are clear errors, several seeds in one
-command, and the in-memory feed equals the chunked one for frame data."""
+command (side by side in processes: the same models, and none left behind by a kill), and the
+in-memory feed equals the chunked one for frame data."""
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import make_batch
+from conftest import make_batch, processes_of
 from labelme_data import labelme_batch
 
 from configs.schema import PipelineConfig, StoreConfig
@@ -199,3 +206,50 @@ def test_seeds_train_one_model_each_on_one_split(tmp_path):
     assert stats.n == 2 and stats.mean == pytest.approx(np.mean(values))
     assert stats.sd == pytest.approx(np.std(values, ddof=1))
     assert result.seeds[0].metrics != result.seeds[1].metrics
+
+
+TRAIN_SEEDS = """
+import json, sys
+from pathlib import Path
+from configs.schema import PipelineConfig
+from storage.layout import RootLayout
+from tasks.train import train_model
+config = PipelineConfig.model_validate(json.loads(sys.argv[1]))
+train_model(config, RootLayout(Path(sys.argv[2])))
+"""
+
+
+def test_seeds_in_processes_equal_seeds_in_turn_and_a_kill_leaves_no_worker(tmp_path):
+    """Seeds trained two processes at a time give the models of seeds trained one after another
+    (metrics, histories, weights bit for bit); a SIGKILL of the command while its workers train
+    leaves no worker behind, and a retry resumes and ends with the same models."""
+    seeds = {"seeds": [3, 1], "optim": {"max_epochs": 4}}
+    in_turn = train_model(_toy_config({**seeds, "seed_workers": 1}), _frames_root(tmp_path / "turn"))
+    side = _toy_config({**seeds, "seed_workers": 2})
+    parallel = train_model(side, _frames_root(tmp_path / "side"))
+
+    killed = tmp_path / "killed"
+    layout = _frames_root(killed)
+    # the workers' command lines do not name the root: a variable that they inherit does
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "ANNOSTYLE_TEST_ROOT": str(killed)}
+    proc = subprocess.Popen([sys.executable, "-c", TRAIN_SEEDS, json.dumps(side.model_dump(mode="json")),
+                             str(killed)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and time.monotonic() < deadline and not list(killed.glob("models/toy/*/checkpoint*")):
+        time.sleep(0.005)
+    assert proc.poll() is None, proc.stderr.read().decode()[-2000:] if proc.stderr else ""
+    workers = processes_of(killed) - {proc.pid}
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    time.sleep(1.0)
+    assert workers, "the kill must land while the seed workers run"
+    assert processes_of(killed) == set(), "a seed worker outlived its killed command"
+    resumed = train_model(side, layout)
+
+    for run in (parallel, resumed):
+        assert [s.seed for s in run.seeds] == [3, 1]
+        for a, b in zip(in_turn.seeds, run.seeds, strict=True):
+            assert a.metrics == b.metrics
+            assert json.loads(Path(a.history_path).read_text()) == json.loads(Path(b.history_path).read_text())
+        assert same_weights(in_turn, run) and run.summary == in_turn.summary
+    assert any(s.resumed_from_epoch for s in resumed.seeds), "the retry resumed a killed seed's checkpoint"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +32,7 @@ from tasks.loader import (
 )
 from tasks.model import load_model
 from tasks.multi_annotator_head import MultiAnnotatorHead
-from tasks.train import lr_at, split_sequences, train_key, train_model
+from tasks.train import lr_at, seed_workers, split_sequences, train_key, train_model
 
 
 # ------------------------------------------------------------------------------- encoders
@@ -270,3 +271,16 @@ def test_existing_configs_stay_valid_and_train_keys_are_checked(tmp_path):
     bad.write_text("name: x\nsource: {kind: demo}\ntrain: {encoder: {weights: nowhere.pt}}\n")
     with pytest.raises(InputError, match="file not found"):
         load_config(bad)
+
+
+def test_seed_workers_follow_the_cores_the_memory_and_the_device():
+    cores = len(os.sched_getaffinity(0))
+    one = TrainConfig.model_validate({"threads": 1})
+    assert seed_workers(one, "cpu", 5, 0) == min(5, cores)
+    assert seed_workers(one, "cuda", 5, 0) == 1  # the seeds would share the device
+    assert seed_workers(one, "cpu", 1, 0) == 1
+    assert seed_workers(TrainConfig(), "cpu", 5, 0) == 1  # torch's threads take every core already
+    mib = 2 ** 20
+    small = TrainConfig.model_validate({"threads": 1, "loader": {"in_memory_mb": 3}})
+    assert seed_workers(small, "cpu", 5, 2 * mib) == 1  # two copies of 2 MiB do not fit in 3 MiB
+    assert seed_workers(TrainConfig.model_validate({"seed_workers": 3}), "cpu", 2, 0) == 2
