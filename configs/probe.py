@@ -96,3 +96,6 @@ class ProbeConfig(Strict):
                     "(frames with exactly one annotator); shuffled: the consensus permuted at random, a control")
     simclr: SimCLRConfig = SimCLRConfig()
     linear: LinearProbeConfig = LinearProbeConfig()
+    workers: int | None = Field(
+        None, ge=1, description="processes that fit the probes (one per encoder and target) side by side "
+        "(default: one per usable core, at most one per probe); the results are the same as one by one")

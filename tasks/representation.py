@@ -24,6 +24,7 @@ import logging
 import time
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -43,6 +44,7 @@ from tasks.model import load_model
 from tasks.probe import probe_target
 from tasks.simclr import load_pretrained, pretrain_simclr, simclr_key
 from tasks.train import FrameSplit, initial_encoder, pick_device, set_determinism, split_frames
+from tasks.workers import process_pool, results_in_order, usable_cores
 
 log = logging.getLogger(__name__)
 
@@ -273,22 +275,23 @@ def probe_representations(config: PipelineConfig, layout: RootLayout, model_dirs
     log.info("embedded %d frames with %s in %.1f s", len(frames), list(encoders), time.perf_counter() - t0)
 
     sequence = np.searchsorted(store.offsets, frames, side="right") - 1
-    results: dict[str, dict[str, TargetProbe]] = {name: {} for name in encoders}
+    jobs, calls = [], []
     for target, (y_all, n_classes) in usable.items():
         y = y_all[frames]
         tr, te = (y >= 0) & ~held_out[frames], (y >= 0) & held_out[frames]
         for name in encoders:
-            t1 = time.perf_counter()
-            res = probe_target(z[name][tr], y[tr], sequence[tr], z[name][te], y[te], sequence[te], n_classes,
-                               pc.linear, pc.seed)
-            results[name][target] = res
-            log.info("probe %-16s %-10s accuracy %.3f (chance %.3f), MI >= %.3f of H %.3f nats (%.1f s)", name,
-                     target, res.accuracy, res.chance, res.mutual_information, res.entropy,
-                     time.perf_counter() - t1)
+            jobs.append((name, target))
+            calls.append((z[name][tr], y[tr], sequence[tr], z[name][te], y[te], sequence[te], n_classes,
+                          pc.linear, pc.seed))
+    results: dict[str, dict[str, TargetProbe]] = {name: {} for name in encoders}
+    for (name, target), (res, seconds) in zip(jobs, probe_all(calls, pc.workers), strict=True):
+        results[name][target] = res
+        log.info("probe %-16s %-10s accuracy %.3f (chance %.3f), MI >= %.3f of H %.3f nats (%.1f s)", name,
+                 target, res.accuracy, res.chance, res.mutual_information, res.entropy, seconds)
     names = list(encoders)
     first = names[0]
     dirs = {k: str(v) for k, v in model_dirs.items()}
-    digest = hashlib.sha256(json.dumps({"probe": pc.model_dump(mode="json"), "train": config.train.model_dump(
+    digest = hashlib.sha256(json.dumps({"probe": pc.model_dump(mode="json", exclude={"workers"}), "train": config.train.model_dump(
         mode="json"), "models": dirs, "simclr": str(weights)}, sort_keys=True,
         default=str).encode()).hexdigest()[:12]
     out = layout.probe_dir(config.name, f"{store.version}-{digest}")
@@ -306,6 +309,23 @@ def probe_representations(config: PipelineConfig, layout: RootLayout, model_dirs
         outputs=str(out), seconds=time.perf_counter() - t_start)
     write_outputs(result)
     return result
+
+
+def probe_all(calls: list[tuple[Any, ...]], workers: int | None) -> list[tuple[TargetProbe, float]]:
+    """`probe_target(*call)` for every call, with its seconds, in call order: in `workers`
+    processes (default: one per usable core) when there are several probes and cores."""
+    n = min(len(calls), workers or usable_cores())
+    if n < 2:
+        return [timed_probe(*call) for call in calls]
+    log.info("fitting %d probes in %d processes", len(calls), n)
+    with process_pool(n) as pool:
+        return results_in_order(pool, timed_probe, calls)
+
+
+def timed_probe(*call: Any) -> tuple[TargetProbe, float]:
+    """`probe_target(*call)` and the seconds it took."""
+    t0 = time.perf_counter()
+    return probe_target(*call), time.perf_counter() - t0
 
 
 def probe_table(result: ProbeResult) -> list[TableRow]:

@@ -68,6 +68,7 @@ from tasks.loader import (
     scan_features,
 )
 from tasks.model import BaselineNet, CrowdNet
+from tasks.workers import process_pool, results_in_order, usable_cores
 
 log = logging.getLogger(__name__)
 
@@ -861,48 +862,21 @@ def seed_workers(config: TrainConfig, device: str, n_seeds: int, held_bytes: int
     if config.threads is None:
         return 1
     by_memory = int(config.loader.in_memory_mb * 2 ** 20 // held_bytes) if held_bytes else n_seeds
-    return max(1, min(n_seeds, len(os.sched_getaffinity(0)) // config.threads, by_memory))
+    return max(1, min(n_seeds, usable_cores() // config.threads, by_memory))
 
 
 def train_seeds_in_processes(config: PipelineConfig, layout: RootLayout, seeds: list[int],
                              targets: dict[str, np.ndarray], workers: int) -> list[TrainResult]:
-    """Each seed in a fresh process (`spawn`: no forked torch or thread state), `workers` at a
-    time; the results in seed order. Each seed trains as it would alone: its own seeding, its
-    own run folder and checkpoint, so a retry after a crash resumes every seed."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
+    """Each seed in a worker process (`tasks.workers`), `workers` at a time; the results in seed
+    order. Each seed trains as it would alone: its own seeding, its own run folder and
+    checkpoint, so a retry after a crash resumes every seed."""
     log.info("training seeds %s in %d processes", seeds, workers)
-    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-                             initializer=_seed_worker_start, initargs=(log.getEffectiveLevel(), os.getpid())) \
-            as pool:
-        futures = [pool.submit(_train_one_seed, config, layout, s, targets) for s in seeds]
-        try:
-            runs = [f.result() for f in futures]
-        except BaseException:
-            for f in futures:
-                f.cancel()
-            raise
+    with process_pool(workers) as pool:
+        runs = results_in_order(pool, _train_one_seed, [(config, layout, s, targets) for s in seeds])
     for r in runs:
         log.info("seed %d: %d epochs, kept epoch %d, test accuracy %s (%.1f s)", r.seed, r.epochs, r.best_epoch,
                  _fmt(r.test_accuracy.get("model")), r.seconds)
     return runs
-
-
-def _seed_worker_start(level: int, parent: int) -> None:
-    """A seed worker dies with its parent (Linux: the parent's death signals it; no process of
-    ours outlives a killed command) and logs to the inherited stderr."""
-    import contextlib
-    import ctypes
-    import signal
-
-    with contextlib.suppress(OSError, AttributeError):  # not Linux: the pool's pipes end it, later
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    if os.getppid() != parent:  # the parent died before the signal was armed
-        os._exit(1)
-    logging.basicConfig(level=logging.WARNING, handlers=[logging.StreamHandler()], force=True)
-    for ours in ("tasks", "storage"):  # the parent's level for our own packages' progress lines
-        logging.getLogger(ours).setLevel(level)
 
 
 def _train_one_seed(config: PipelineConfig, layout: RootLayout, seed: int,

@@ -28,6 +28,7 @@ from tasks.representation import (
     embed_frames,
     frame_targets,
     pretrain_encoder,
+    probe_all,
     probe_representations,
     probe_split,
 )
@@ -121,6 +122,19 @@ def test_mi_bound_is_near_zero_for_a_shuffled_target_and_near_h_for_the_true_one
     assert abs(results["shuffled"].mutual_information) < 0.05
     assert results["true"].mutual_information > 0.85 * results["true"].entropy
     assert results["true"].accuracy > 0.9 > 0.2 > results["shuffled"].accuracy
+
+
+def test_probes_in_processes_equal_probes_one_by_one():
+    x, y = load_digits(return_X_y=True)
+    rng = np.random.default_rng(1)
+    train, groups = rng.permutation(len(y)) < 1200, np.arange(len(y))
+    config = LinearProbeConfig(fractions=[0.1, 1.0], repeats=2, bootstrap=20)
+    calls = [(x[train][:, cols], target[train], groups[train], x[~train][:, cols], target[~train], groups[~train],
+              10, config, 0) for cols in (slice(None), slice(0, 32)) for target in (y, rng.permutation(y))]
+    one_by_one = [res for res, _ in probe_all(calls, workers=1)]
+    side_by_side = [res for res, _ in probe_all(calls, workers=2)]
+    assert side_by_side == one_by_one
+    assert len({r.accuracy for r in one_by_one}) == 4  # four different probes, in call order
 
 
 def test_a_class_the_probe_never_saw_costs_a_finite_cross_entropy():
