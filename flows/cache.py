@@ -12,32 +12,18 @@ import hashlib
 import json
 import logging
 from collections.abc import Callable
-from functools import lru_cache
-from pathlib import Path
 from typing import Any, TypeVar
 
 from prefect import Task
 from prefect.cache_policies import CacheKeyFnPolicy
 
+from flows.version import code_version
 from storage.layout import RootLayout
 from storage.results import StageResult
 
 log = logging.getLogger(__name__)
 
-PACKAGES = ("configs", "errors", "flows", "storage", "tasks")
 R = TypeVar("R", bound=StageResult)
-
-
-@lru_cache(maxsize=1)
-def code_version() -> str:
-    """A hash of the project's Python sources: any code change invalidates every cached stage."""
-    digest = hashlib.sha256()
-    base = Path(__file__).resolve().parent.parent
-    for package in PACKAGES:
-        for path in sorted((base / package).rglob("*.py")):
-            digest.update(str(path.relative_to(base)).encode())
-            digest.update(path.read_bytes())
-    return digest.hexdigest()[:16]
 
 
 def stage_key(stage: str, layout: RootLayout, *parts: Any) -> str:

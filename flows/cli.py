@@ -1,119 +1,22 @@
-"""The `annostyle` command line: one subcommand per flow.
+"""The `annostyle` command line: one subcommand per flow (`flows.commands`).
 
-Each subcommand lives in a flow module that defines `cli_run(args)`, which returns a typed
-result (a `storage.results.StageResult`), and `cli_print(result)`; its extra options are declared here, so that `--help` stays fast and
-Prefect loads only after the root's settings are in place. Commands that run flows use the root's
-shared Prefect server (`flows.server`: started by the first, reused by the rest) unless
-PREFECT_API_URL names one. Logs go to stderr; with `--json` the last line of stdout is one JSON
+Commands that run flows use the root's shared Prefect server (`flows.server`: started by the
+first, reused by the rest) unless PREFECT_API_URL names one, and run in the root's command host
+(`flows.host`: a warm process that forks one child per command) unless ANNOSTYLE_HOST=off; the
+rest run in this process. Logs go to stderr; with `--json` the last line of stdout is one JSON
 object. Exit codes: 0 done, 2 bad input (config, data, arguments), 1 anything else.
 """
 
 from __future__ import annotations
 
-import argparse
 import atexit
 import contextlib
-import importlib
-import json
 import logging
 import os
 import sys
-from pathlib import Path
 
-from flows.settings import DEFAULT_ROOT, apply_defaults, setup_logging
-
-COMMANDS: dict[str, tuple[str, str]] = {
-    "run": ("flows.run", "the whole pipeline: ingest, train, predict, analyze (cached stages skip); several "
-                         "configs run in one process and one Prefect flow, one MLflow parent run each"),
-    "ingest": ("flows.ingest", "ingest a config's source into its versioned dataset store"),
-    "reprocess": ("flows.reprocess", "append a new annotation batch and recompute only what it changes"),
-    "train": ("flows.train", "train the annotator-style models on an ingested dataset"),
-    "predict": ("flows.predict", "write every annotator's predictions to a prediction store"),
-    "analyze": ("flows.analyze", "group annotators by style: distances, trees, projections"),
-    "probe": ("flows.probe", "how much behaviour and annotator identity encoders hold: SimCLR pretraining, "
-                             "linear probes and mutual-information bounds against raw, random and supervised"),
-    "serve": ("flows.serve", "serve the pipeline on a cron schedule and reprocess each new batch in a watched "
-                             "folder (needs a Prefect server: the root's, see `server`, or PREFECT_API_URL)"),
-    "deploy": ("flows.serve", "create the pipeline and reprocess deployments on a process work pool, for "
-                              "`prefect worker start --pool POOL` (needs a Prefect server)"),
-    "watch": ("flows.serve", "watch a folder and start one reprocess run per new batch on the deployments "
-                             "that `deploy` made; workers run them (needs a Prefect server)"),
-    "runs": ("flows.runs", "list recent pipeline runs from MLflow, or --diff two of them"),
-    "ui": ("flows.ui", "start the MLflow UI on 127.0.0.1 for the root's tracking store (Ctrl-C stops it)"),
-    "verify": ("flows.verify", "check every chunk and metadata file of the dataset and prediction stores; "
-                               "list what is damaged (exit 2 when anything is)"),
-    "server": ("flows.server", "start, stop or show the root's shared Prefect server (API and UI on 127.0.0.1), "
-                               "which every command uses instead of booting a temporary one"),
-}
-NO_CONFIG = {"runs", "ui", "server"}  # these read the root's tracking store or manage its server, not a config
-FLOW_COMMANDS = {"run", "ingest", "reprocess", "train", "predict", "analyze", "probe"}  # run Prefect flows
-NEEDS_SERVER = {"serve", "deploy", "watch"}  # use the root's server when it answers; never start one
-
-SCHEDULER = (("--scheduler",), {"metavar": "ADDRESS", "default": None,
-                                "help": "Dask scheduler address (default: the config's, else local threads)"})
-CRON = (("--cron",), {"metavar": "EXPR", "help": "run the pipeline on this cron schedule, e.g. '0 3 * * *'"})
-WATCH_HELP = "reprocess every new batch file or folder that appears in DIR, once"
-INTERVAL = (("--interval",), {"type": float, "metavar": "SECONDS",
-                              "help": "seconds between scans of --watch (default 10)"})
-EXTRA_ARGS: dict[str, list[tuple[tuple[str, ...], dict]]] = {
-    "predict": [(("--export-npz",), {"action": "store_true",
-                                     "help": "also write the MABe notebook's per-sequence npz layout"}),
-                SCHEDULER],
-    "analyze": [SCHEDULER],
-    "run": [(("--force",), {"action": "append", "metavar": "STAGE", "choices": ["ingest", "train", "predict", "analyze"],
-                            "help": "rerun STAGE and every stage after it (repeatable)"}),
-            SCHEDULER],
-    "reprocess": [(("--batch",), {"required": True, "metavar": "PATH",
-                                  "help": "the new batch: a file or folder in the config's source format, "
-                                          "or a YAML file with a `source:` section"}),
-                  SCHEDULER],
-    "serve": [CRON, (("--watch",), {"type": Path, "metavar": "DIR", "help": WATCH_HELP}), INTERVAL],
-    "deploy": [(("--pool",), {"required": True, "metavar": "POOL",
-                              "help": "a process work pool (`prefect work-pool create POOL --type process`)"}),
-               CRON],
-    "watch": [(("--watch",), {"type": Path, "metavar": "DIR", "required": True, "help": WATCH_HELP}), INTERVAL],
-    "runs": [(("--diff",), {"nargs": 2, "metavar": ("RUN_A", "RUN_B"),
-                            "help": "what changed from parent run RUN_A to RUN_B"}),
-             (("--limit",), {"type": int, "default": 20, "help": "how many recent runs to list (default 20)"}),
-             (("--dataset",), {"metavar": "NAME", "help": "only this dataset's runs"})],
-    "ui": [(("--port",), {"type": int, "default": 5000, "help": "port on 127.0.0.1 (default 5000)"})],
-    "server": [(("action",), {"nargs": "?", "choices": ["start", "stop", "status"], "default": "status",
-                              "help": "start (or reuse) the server, stop it, or show it (default: status)"}),
-               (("--idle-minutes",), {"type": float, "metavar": "N", "default": None,
-                                      "help": "with start: stop after N minutes with no command using it "
-                                              "(default 0: stay until `annostyle server stop`)"})],
-}
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="annostyle", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    for name, (module, help_text) in COMMANDS.items():
-        cmd = sub.add_parser(name, help=help_text, description=help_text)
-        if name == "run":
-            cmd.add_argument("configs", nargs="+", metavar="CONFIG",
-                             help="pipeline configs (YAML), e.g. configs/demo.yaml; several run one after another")
-        elif name not in NO_CONFIG:
-            cmd.add_argument("config", help="pipeline config (YAML), e.g. configs/demo.yaml")
-        cmd.add_argument("--root", type=Path, default=DEFAULT_ROOT,
-                         help=f"folder for every store and the MLflow store (default: {DEFAULT_ROOT})")
-        cmd.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
-        for flags, options in EXTRA_ARGS.get(name, []):
-            cmd.add_argument(*flags, **options)
-        cmd.set_defaults(module=module)
-    return parser
-
-
-def _prefect_api(args: argparse.Namespace) -> contextlib.AbstractContextManager[object]:
-    """Flow commands use the root's shared Prefect server (flows.server), started if need be;
-    `serve`, `deploy` and `watch` use it only when it already answers."""
-    if args.command not in FLOW_COMMANDS | NEEDS_SERVER:
-        return contextlib.nullcontext()
-    from flows.server import connected
-    from storage.layout import RootLayout
-
-    return connected(RootLayout(args.root), start=args.command in FLOW_COMMANDS)
-
+from flows.commands import HOSTED, build_parser, run_command
+from flows.settings import apply_defaults, setup_logging
 
 _EXIT: dict[str, int] = {}  # the exit code, once `main` has returned one
 
@@ -146,24 +49,13 @@ def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     apply_defaults(args.root)
     setup_logging()
-    from configs.schema import load_config
-    from errors import InputError
-    from storage.results import StageResult
+    if argv is None and args.command in HOSTED:
+        from flows.host import run_in_host
 
-    try:
-        for config in getattr(args, "configs", None) or ([args.config] if args.command not in NO_CONFIG else []):
-            load_config(config)  # a bad config fails here, before any server or flow run starts
-        module = importlib.import_module(args.module)
-        with _prefect_api(args):
-            result: StageResult = module.cli_run(args)
-    except InputError as err:
-        print(f"annostyle: error: {err}", file=sys.stderr)
-        return 2
-    if args.json:
-        print(json.dumps(result.to_json()))
-    else:
-        module.cli_print(result)
-    return 0
+        code = run_in_host(args, sys.argv[1:])
+        if code is not None:
+            return code
+    return run_command(args)
 
 
 if __name__ == "__main__":

@@ -20,10 +20,11 @@ from prefect import Task, flow
 from configs.schema import load_config
 from errors import InputError
 from flows.analyze import analyze_task, publish_clusters
-from flows.cache import code_version, run_cached, stage_key
+from flows.cache import run_cached, stage_key
 from flows.ingest import ingest_task
 from flows.predict import predict_task
 from flows.train import record_training, train_task
+from flows.version import code_version
 from storage.dataset_store import DatasetStore
 from storage.layout import RootLayout
 from storage.prediction_store import PredictionStore

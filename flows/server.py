@@ -23,6 +23,10 @@ server per root serves every command, so a command pays only an HTTP health chec
   one that stays (`--idle-minutes 0`) until `annostyle server stop`.
 - `PREFECT_API_URL` set (the environment, or Prefect's settings in a test harness) is used as it
   is; `ANNOSTYLE_PREFECT_SERVER=ephemeral` keeps Prefect's temporary server per command.
+- Beside it runs the root's command host (`python -P -m flows.host ROOT`, `flows.host`), launched
+  the same way when a command asks for it (`ensure(..., host=True)`), while the server boots;
+  it writes `<root>/prefect/host.json` once ready and stops when the server does (or with
+  `annostyle server stop`). A host that imported other code than the command's is replaced.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
+import hashlib
 import json
 import logging
 import os
@@ -40,16 +45,17 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
 from pydantic import ValidationError
 
+from flows.version import code_version
 from storage.files import atomic_write_json
 from storage.layout import RootLayout
-from storage.results.server import ServerResult, ServerState
+from storage.results.server import HostState, ServerResult, ServerState
 
 log = logging.getLogger("flows.server")  # also when run as `python -m flows.server`
 
@@ -58,6 +64,14 @@ IDLE_ENV = "ANNOSTYLE_SERVER_IDLE_MINUTES"
 DEFAULT_IDLE_MINUTES = 30.0
 START_TIMEOUT_ENV = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"  # set by flows.settings (120)
 MARKER = "flows.server"  # in the server's command line: how a pid is known to be ours
+HOST_MARKER = "flows.host"  # the command host's
+HOST_ENV = "ANNOSTYLE_HOST"  # "on" (default): flow commands run in the root's command host; "off": in their own
+# what the libraries a host imports read from the environment when imported (or may): a command
+# runs in a host only when these equal its own
+HOST_ENV_PREFIXES = ("PREFECT_", "MLFLOW_", "ANNOSTYLE_", "NUMBA_", "OMP_", "MKL_", "OPENBLAS_", "KMP_", "GOMP_",
+                     "TORCH", "PYTORCH_", "CUDA", "NVIDIA_", "PYTHON", "MPL", "DASK_", "LD_", "XDG_", "GIT_",
+                     "LC_", "LANG", "HF_", "TF_", "ARROW_", "JOBLIB_", "LOKY_", "SKLEARN_")
+HOST_ENV_NAMES = ("HOME", "TMPDIR", "TZ", "PATH", "VIRTUAL_ENV", "DO_NOT_TRACK", "USER")
 
 # the launcher starts the server in a session of its own, prints its pid and exits at once, so the
 # server is never a child of the command (no zombie, nothing of the command's group to kill)
@@ -100,6 +114,23 @@ def idle_minutes_default() -> float:
         from errors import InputError
 
         raise InputError(IDLE_ENV, None, value, "must be a number of minutes (0: never stop)") from None
+
+
+def host_enabled() -> bool:
+    mode = os.environ.get(HOST_ENV, "on").strip().lower()
+    if mode not in ("on", "off"):
+        from errors import InputError
+
+        raise InputError(HOST_ENV, None, mode, "must be `on` (commands run in the root's command host) or `off`")
+    return mode == "on"
+
+
+def env_digest(env: Mapping[str, str]) -> str:
+    """A hash of what imported libraries may have read from `env` (HOST_ENV_PREFIXES, HOST_ENV_NAMES)
+    and of the interpreter: equal digests make a host's imports valid for a command."""
+    kept = {k: v for k, v in env.items() if k.startswith(HOST_ENV_PREFIXES) or k in HOST_ENV_NAMES}
+    payload = json.dumps([sys.executable, sys.version, sorted(kept.items())])
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
 @contextlib.contextmanager
@@ -169,13 +200,18 @@ def _alive(pid: int) -> bool:
 
 def is_ours(state: ServerState, layout: RootLayout) -> bool:
     """The recorded pid is alive and is this root's server (not a reused pid)."""
-    if not _alive(state.pid):
+    return _is_process(state.pid, MARKER, layout)
+
+
+def _is_process(pid: int, marker: str, layout: RootLayout) -> bool:
+    """`pid` is alive and runs `python -m <marker> <root>` for this root (not a reused pid)."""
+    if not _alive(pid):
         return False
     try:
-        cmdline = Path(f"/proc/{state.pid}/cmdline").read_bytes().split(b"\0")
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return True  # no /proc: the pid is alive, trust the record
-    return MARKER.encode() in cmdline and str(layout.root).encode() in cmdline
+    return marker.encode() in cmdline and str(layout.root).encode() in cmdline
 
 
 def answers(state: ServerState, timeout: float = 5.0) -> bool:
@@ -197,6 +233,21 @@ def running(layout: RootLayout, tries: int = 3) -> ServerState | None:
         if attempt + 1 < tries:
             time.sleep(1.0)
     return None
+
+
+def read_host(layout: RootLayout) -> HostState | None:
+    try:
+        return HostState.model_validate_json(layout.host_state.read_bytes())
+    except (OSError, ValidationError):
+        return None
+
+
+def host_running(layout: RootLayout) -> HostState | None:
+    """The root's command host when its record names a live host process of this root."""
+    state = read_host(layout)
+    if state is None or not _is_process(state.pid, HOST_MARKER, layout):
+        return None
+    return state
 
 
 @contextlib.contextmanager
@@ -233,14 +284,57 @@ def _server_env(layout: RootLayout) -> dict[str, str]:
 def _launch(layout: RootLayout, idle_minutes: float) -> int:
     """Start the server detached from this process; its pid."""
     command = [sys.executable, "-m", MARKER, str(layout.root), "--idle-minutes", str(idle_minutes)]
-    done = subprocess.run([sys.executable, "-c", LAUNCH, str(layout.server_log), *command], env=_server_env(layout),
-                          cwd=layout.root, stdin=subprocess.DEVNULL, capture_output=True, text=True, check=True)
+    return _detached(command, layout.server_log, _server_env(layout), layout)
+
+
+def _detached(command: list[str], log_path: Path, env: Mapping[str, str], layout: RootLayout) -> int:
+    """Start `command` in a session of its own through the launcher (never this process's child); its pid."""
+    done = subprocess.run([sys.executable, "-c", LAUNCH, str(log_path), *command], env=dict(env), cwd=layout.root,
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True, check=True)
     return int(done.stdout.strip())
 
 
-def _log_tail(layout: RootLayout, chars: int = 3000) -> str:
+def _launch_host(layout: RootLayout) -> int:
+    """Start the command host with this command's environment (its imports read it); its pid."""
+    log.info("starting the root's command host (log %s)", layout.host_log)
+    return _detached([sys.executable, "-P", "-m", HOST_MARKER, str(layout.root)], layout.host_log, os.environ,
+                     layout)
+
+
+def _wait_host(layout: RootLayout, pid: int) -> HostState | None:
+    """The host's record once it is ready; None (with a warning) when it failed or is too slow."""
+    timeout = float(os.environ.get(START_TIMEOUT_ENV) or 120)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = read_host(layout)
+        if state is not None and state.pid == pid:
+            return state
+        if not _alive(pid):
+            log.warning("the command host (pid %d) exited before it was ready: running here; its log %s ends:\n%s",
+                        pid, layout.host_log, _log_tail(layout.host_log))
+            return None
+        time.sleep(0.05)
+    _terminate(pid)
+    log.warning("the command host was not ready within %.0f s: running here (log %s)", timeout, layout.host_log)
+    return None
+
+
+def _launch_host_if_needed(layout: RootLayout) -> int | None:
+    """Launch a host unless one for this code runs (one for other code is stopped first); call
+    under the host lock. The new host's pid, or None."""
+    state = host_running(layout)
+    if state is not None and state.code_version == code_version():
+        return None
+    if state is not None:
+        log.info("the root's command host (pid %d) runs other code: replacing it", state.pid)
+        _terminate(state.pid)
+    layout.host_state.unlink(missing_ok=True)
+    return _launch_host(layout)
+
+
+def _log_tail(path: Path, chars: int = 3000) -> str:
     with contextlib.suppress(OSError):
-        return layout.server_log.read_text(errors="replace")[-chars:]
+        return path.read_text(errors="replace")[-chars:]
     return ""
 
 
@@ -250,36 +344,47 @@ def _wait_ready(layout: RootLayout, pid: int) -> ServerState:
     while time.monotonic() < deadline:
         if not _alive(pid):
             raise RuntimeError(f"the Prefect server (pid {pid}) exited before it answered; its log "
-                               f"{layout.server_log} ends:\n{_log_tail(layout)}")
+                               f"{layout.server_log} ends:\n{_log_tail(layout.server_log)}")
         state = read_state(layout)
         if state is not None and state.pid == pid and answers(state, timeout=2.0):
             return state
         time.sleep(0.1)
     _terminate(pid)
     raise RuntimeError(f"the Prefect server did not answer within {timeout:.0f} s; log {layout.server_log}:\n"
-                       f"{_log_tail(layout)}")
+                       f"{_log_tail(layout.server_log)}")
 
 
-def _result(action: Any, status: Any, layout: RootLayout, state: ServerState | None, started: float) -> ServerResult:
+def _result(action: Any, status: Any, layout: RootLayout, state: ServerState | None, started: float,
+            host: HostState | None = None) -> ServerResult:
     return ServerResult(action=action, status=status, root=str(layout.root), log=str(layout.server_log),
                         pid=state.pid if state else None, api_url=state.api_url if state else None,
                         ui_url=state.ui_url if state else None, idle_minutes=state.idle_minutes if state else None,
-                        started_at=state.started_at if state else None,
+                        started_at=state.started_at if state else None, host_pid=host.pid if host else None,
+                        host_log=str(layout.host_log) if host else None,
                         seconds=round(time.perf_counter() - started, 3))
 
 
-def ensure(layout: RootLayout, idle_minutes: float) -> ServerResult:
-    """The root's server, started if none of ours answers (replacing a stale one); this process
-    holds the users lock from here on."""
+def ensure(layout: RootLayout, idle_minutes: float, host: bool = False) -> ServerResult:
+    """The root's server, started if none of ours answers (replacing a stale one), and with `host`
+    its command host for this code (launched first, so that it imports while the server boots);
+    this process holds the users lock from here on."""
     started = time.perf_counter()
     hold_users(layout)
-    state = running(layout)
-    if state is not None:
-        return _result("start", "running", layout, state, started)
+    with _exclusive(layout.host_lock) if host else contextlib.nullcontext():
+        launched = _launch_host_if_needed(layout) if host else None
+        state, status = running(layout), "running"
+        if state is None:
+            state, status = _start(layout, idle_minutes)
+        host_state = _wait_host(layout, launched) if launched is not None else host_running(layout)
+    return _result("start", status, layout, state, started, host_state)
+
+
+def _start(layout: RootLayout, idle_minutes: float) -> tuple[ServerState, str]:
+    """Start the server unless another command did while we waited for the lock."""
     with _exclusive(layout.server_lock):
-        state = running(layout)  # another command may have started it while we waited
+        state = running(layout)
         if state is not None:
-            return _result("start", "running", layout, state, started)
+            return state, "running"
         stale = read_state(layout)
         if stale is not None and is_ours(stale, layout):
             log.warning("the root's Prefect server (pid %d) does not answer: replacing it", stale.pid)
@@ -289,26 +394,31 @@ def ensure(layout: RootLayout, idle_minutes: float) -> ServerResult:
         state = _wait_ready(layout, _launch(layout, idle_minutes))
     log.info("Prefect server on %s (UI %s), pid %d; `annostyle server stop --root %s` stops it",
              state.api_url, state.ui_url, state.pid, layout.root)
-    return _result("start", "started", layout, state, started)
+    return state, "started"
 
 
 def stop(layout: RootLayout) -> ServerResult:
-    """Stop the root's server (commands still using it lose their API)."""
+    """Stop the root's server and its command host (commands still using them go on without)."""
     started = time.perf_counter()
+    with _exclusive(layout.host_lock):
+        host = host_running(layout)
+        if host is not None:
+            _terminate(host.pid)
+        layout.host_state.unlink(missing_ok=True)
     with _exclusive(layout.server_lock):
         state = read_state(layout)
         if state is None or not is_ours(state, layout):
             layout.server_state.unlink(missing_ok=True)
-            return _result("stop", "not running", layout, None, started)
+            return _result("stop", "not running", layout, None, started, host)
         _terminate(state.pid)
         layout.server_state.unlink(missing_ok=True)
-    return _result("stop", "stopped", layout, state, started)
+    return _result("stop", "stopped", layout, state, started, host)
 
 
 def status(layout: RootLayout) -> ServerResult:
     started = time.perf_counter()
     state = running(layout, tries=1)
-    return _result("status", "running" if state else "not running", layout, state, started)
+    return _result("status", "running" if state else "not running", layout, state, started, host_running(layout))
 
 
 # ----------------------------------------------------------------------------- `annostyle server`
@@ -319,7 +429,7 @@ def cli_run(args: argparse.Namespace) -> ServerResult:
     if args.action == "status":
         return status(layout)
     idle = args.idle_minutes if args.idle_minutes is not None else 0.0
-    return ensure(layout, idle)
+    return ensure(layout, idle, host=host_enabled())
 
 
 def cli_print(result: ServerResult) -> None:
@@ -327,6 +437,8 @@ def cli_print(result: ServerResult) -> None:
         idle = f"stops after {result.idle_minutes:g} idle minutes" if result.idle_minutes else "stays until stopped"
         print(f"Prefect server {result.status} for {result.root}: pid {result.pid}, {idle}")
         print(f"  API {result.api_url}   UI {result.ui_url}   log {result.log}")
+        if result.host_pid:
+            print(f"  command host pid {result.host_pid} (commands run in a fork of it)   log {result.host_log}")
         print(f"  other programs: export PREFECT_API_URL={result.api_url}")
         print(f"  stop it: annostyle server stop --root {result.root}")
     else:

@@ -18,6 +18,9 @@
       prefect/server.lock           held while one command starts that server
       prefect/server.users          a shared lock held by every command using it (idle shutdown)
       prefect/server.log            its log
+      prefect/host.json             the root's command host: pid, socket, code and environment (flows.host)
+      prefect/host.sock, host.lock  the host's Unix socket (owner only); held while one command starts it
+      prefect/host.log              its log
       watch/<name>.json             the watcher's ledger
       mlflow.db, mlartifacts/       the MLflow tracking store and its artifacts
       mlflow.db.lock                held while that store's schema is created
@@ -126,6 +129,24 @@ class RootLayout:
     @property
     def server_log(self) -> Path:
         return self.prefect_home / "server.log"
+
+    @property
+    def host_state(self) -> Path:
+        """The root's command host (`flows.host`): pid, socket, code version, written once it is ready."""
+        return self.prefect_home / "host.json"
+
+    @property
+    def host_lock(self) -> Path:
+        """Held while a command starts the command host, so two commands never start two."""
+        return self.prefect_home / "host.lock"
+
+    @property
+    def host_socket(self) -> Path:
+        return self.prefect_home / "host.sock"
+
+    @property
+    def host_log(self) -> Path:
+        return self.prefect_home / "host.log"
 
     def watch_ledger(self, name: str) -> Path:
         return self.root / "watch" / f"{name}.json"

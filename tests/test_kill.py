@@ -93,8 +93,8 @@ def user_env() -> dict[str, str]:
 @pytest.mark.slow
 def test_a_sigkilled_run_leaves_only_the_shared_server_which_server_stop_stops(tmp_path):
     """A real `annostyle run`, SIGKILLed once its flow is writing the dataset store, leaves no
-    process of ours but the root's documented shared Prefect server; a rerun reuses that server;
-    `annostyle server stop` stops it and nothing of ours is left."""
+    process of ours but the root's documented shared Prefect server and command host; a rerun
+    reuses them; `annostyle server stop` stops them and nothing of ours is left."""
     from storage.layout import RootLayout
 
     project = Path(__file__).resolve().parent.parent
@@ -112,15 +112,15 @@ def test_a_sigkilled_run_leaves_only_the_shared_server_which_server_stop_stops(t
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
     try:
-        state = json.loads(layout.server_state.read_text())
+        shared = {json.loads(path.read_text())["pid"] for path in (layout.server_state, layout.host_state)}
         time.sleep(1.0)  # anything the command had started has had time to show itself
-        assert processes_of(root) == {state["pid"]}, "only the shared server may outlive a killed command"
+        assert processes_of(root) == shared, "only the shared server and host may outlive a killed command"
 
         rerun = subprocess.run(command, cwd=project, env=user_env(), capture_output=True, text=True, timeout=600)
         assert rerun.returncode == 0, rerun.stderr[-3000:]
         assert json.loads(rerun.stdout.strip().splitlines()[-1])["dataset"] == "bluebirds"
-        assert json.loads(layout.server_state.read_text())["pid"] == state["pid"], "the server was reused"
-        assert processes_of(root) == {state["pid"]}
+        assert {json.loads(path.read_text())["pid"] for path in (layout.server_state, layout.host_state)} == shared
+        assert processes_of(root) == shared
     finally:
         stop = subprocess.run([sys.executable, "-m", "flows.cli", "server", "stop", "--root", str(root)],
                               cwd=project, env=user_env(), capture_output=True, text=True, timeout=120)

@@ -44,6 +44,13 @@ def alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[-1].split()[0] not in ("Z", "X")
 
 
+def wait_gone(pid: int, timeout: float = 10) -> bool:
+    deadline = time.monotonic() + timeout
+    while alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return not alive(pid)
+
+
 def answers(api_url: str) -> bool:
     try:
         with urllib.request.urlopen(f"{api_url}/health", timeout=5) as response:
@@ -109,7 +116,7 @@ def test_a_server_with_an_idle_limit_stops_itself_once_no_command_holds_it(tmp_p
     layout = RootLayout(root)
     started = server_json("start", "--root", str(root), "--idle-minutes", "0.05")  # 3 s
     try:
-        assert started["status"] == "started" and started["idle_minutes"] == 0.05
+        assert started["status"] == "started" and started["idle_minutes"] == 0.05 and alive(started["host_pid"])
         holder = subprocess.Popen(  # a command using the server holds the users lock: no stop meanwhile
             [sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1], 'a'); "
              "fcntl.flock(f, fcntl.LOCK_SH); print('held', flush=True); time.sleep(8)", str(layout.server_users)],
@@ -122,6 +129,7 @@ def test_a_server_with_an_idle_limit_stops_itself_once_no_command_holds_it(tmp_p
         while alive(started["pid"]) and time.monotonic() < deadline:
             time.sleep(0.5)
         assert not alive(started["pid"]), "the idle server should have stopped itself"
+        assert wait_gone(started["host_pid"]), "the command host stops with the server"
         assert not layout.server_state.exists()
         assert server_json("status", "--root", str(root))["status"] == "not running"
     finally:

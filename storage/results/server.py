@@ -29,11 +29,26 @@ class ServerState(ResultModel):
         return f"http://127.0.0.1:{self.port}"
 
 
+class HostState(ResultModel):
+    """`<root>/prefect/host.json`, written by the command host once its modules are imported and
+    its socket is bound. A command runs there only when its `code_version` and `env_digest`
+    (the environment the imported libraries read) equal the command's own."""
+
+    pid: int
+    socket: str
+    root: str
+    started_at: str
+    code_version: str
+    env_digest: str
+    preload_seconds: float
+
+
 class ServerResult(StageResult):
     """`annostyle server start|stop|status`: what was done and where the server answers.
 
     `status` is the server's state after the command: `started` (by this command), `running`
-    (found answering), `stopped` (by this command) or `not running`.
+    (found answering), `stopped` (by this command) or `not running`. `host_pid` is the root's
+    command host (`flows.host`) beside it, when one is ready.
     """
 
     action: Literal["start", "stop", "status"]
@@ -45,4 +60,6 @@ class ServerResult(StageResult):
     idle_minutes: float | None = None
     started_at: str | None = None
     log: str
+    host_pid: int | None = None
+    host_log: str | None = None
     seconds: float
