@@ -1,5 +1,4 @@
-"""Configs: YAML files, one per dataset, and the typed models that validate them."""
+"""Configs: YAML files, one per dataset, and the typed models that validate them (`configs.schema`).
 
-from configs.schema import PipelineConfig, load_config
-
-__all__ = ["PipelineConfig", "load_config"]
+Nothing is imported here: `configs.uri`, which every store path needs, stays light for the
+command line's own process (`flows.cli`)."""

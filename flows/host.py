@@ -65,7 +65,6 @@ from flows.version import PACKAGES, code_version
 from storage.files import atomic_write_json
 from storage.layout import RootLayout
 from storage.results.server import HostState
-from storage.tracking import ensure_store
 
 log = logging.getLogger("flows.host")  # also when run as `python -m flows.host`
 
@@ -86,21 +85,25 @@ def run_in_host(args: argparse.Namespace, argv: list[str]) -> int | None:
     """Run this command in the root's command host, started with the root's server if need be;
     its exit code, or None when it runs in this process instead: hosting is off
     (ANNOSTYLE_HOST=off), another Prefect API is in use, or the host imported for another
-    environment or failed to start (said in the log)."""
+    environment or failed to start (said in the log). With a host up the configs are checked in
+    the child; without one, here, so that a bad config starts nothing."""
     from errors import InputError
 
     try:
-        check_configs(args)  # a bad config fails before any server or host starts
         if not host_enabled() or api_url_in_use() or not shared_mode():
             return None
         layout = RootLayout(args.root)
-        if args.command in FLOW_COMMANDS:
+        digest = env_digest(os.environ)
+        host = host_running(layout)
+        if host is None or host.code_version != code_version():
+            check_configs(args)
+            if args.command not in FLOW_COMMANDS:
+                return None  # `verify` and `runs` use a host that runs; they start none
             ensure(layout, idle_minutes_default(), host=True)
+            host = host_running(layout)
     except InputError as err:
         print(f"annostyle: error: {err}", file=sys.stderr)
         return 2
-    host = host_running(layout)
-    digest = env_digest(os.environ)
     if host is None or host.code_version != code_version():
         return None
     if host.env_digest != digest:
@@ -204,7 +207,8 @@ def _address(path: Path) -> Iterator[str]:
 
 # ----------------------------------------------------------------------------- the host process
 def preload() -> list[str]:
-    """Import every module of our packages and `LIBRARIES`; the names that failed (logged)."""
+    """Import every module of our packages and `LIBRARIES`, and fill the caches every child
+    would fill again (`storage.tracking.warm_caches`); the names that failed (logged)."""
     failed = []
     names = []
     for package in PACKAGES:
@@ -216,6 +220,9 @@ def preload() -> list[str]:
         except Exception as err:  # a missing optional library is imported by the child that needs it
             log.warning("not preloaded: %s (%s)", name, err)
             failed.append(name)
+    from storage.tracking import warm_caches
+
+    warm_caches()
     return failed
 
 
@@ -273,6 +280,8 @@ def prepare(layout: RootLayout) -> None:
     """What the first command on a fresh root would do once, done before the host is ready: the
     MLflow store's schema (about 1 s of migrations). In a short-lived child, so that no database
     connection is left in the host to be copied into every command."""
+    from storage.tracking import ensure_store  # MLflow: not in the command's own process
+
     pid = os.fork()
     if pid == 0:
         code = 0

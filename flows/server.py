@@ -134,29 +134,30 @@ def env_digest(env: Mapping[str, str]) -> str:
 
 
 @contextlib.contextmanager
-def connected(layout: RootLayout, start: bool = True) -> Iterator[str | None]:
+def connected(layout: RootLayout, start: bool = True, heartbeats: bool = True) -> Iterator[str | None]:
     """Run the body against the root's shared server: started if `start` and none answers, else
     used only when one already answers. Yields its API URL, or None when another API is in use
-    (or ephemeral mode is chosen, or none answers and `start` is False)."""
-    if api_url_in_use() or not shared_mode():
-        yield None
-        return
-    if start:
-        url: str | None = ensure(layout, idle_minutes_default()).api_url
-    else:
-        hold_users(layout)
-        state = running(layout)
-        url = state.api_url if state else None
-    if url is None:
-        yield None
-        return
+    (or ephemeral mode is chosen, or none answers and `start` is False). Without `heartbeats`
+    the body's flow runs send none (one settings update with the URL: each costs 0.1 s)."""
+    url: str | None = None
+    if not api_url_in_use() and shared_mode():
+        if start:
+            url = ensure(layout, idle_minutes_default()).api_url
+        else:
+            hold_users(layout)
+            state = running(layout)
+            url = state.api_url if state else None
     if "prefect" not in sys.modules:  # Prefect reads its settings from the environment when imported
-        os.environ["PREFECT_API_URL"] = url
+        if url is not None:
+            os.environ["PREFECT_API_URL"] = url
         yield url
         return
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.settings import PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
-    with temporary_settings({PREFECT_API_URL: url}):
+    updates: dict[Any, Any] = {} if url is None else {PREFECT_API_URL: url}
+    if not heartbeats:
+        updates[PREFECT_FLOWS_HEARTBEAT_FREQUENCY] = None
+    with temporary_settings(updates) if updates else contextlib.nullcontext():
         yield url
 
 
@@ -354,6 +355,14 @@ def _wait_ready(layout: RootLayout, pid: int) -> ServerState:
                        f"{_log_tail(layout.server_log)}")
 
 
+def _first_call(state: ServerState) -> None:
+    """Make the new server's first `/admin/version` call, which every Prefect client makes once
+    and which takes the server 0.5 s the first time only (lazy set-up): the starter pays it,
+    not the first command's flow."""
+    with contextlib.suppress(OSError):
+        urllib.request.urlopen(f"{state.api_url}/admin/version", timeout=30).close()
+
+
 def _result(action: Any, status: Any, layout: RootLayout, state: ServerState | None, started: float,
             host: HostState | None = None) -> ServerResult:
     return ServerResult(action=action, status=status, root=str(layout.root), log=str(layout.server_log),
@@ -392,6 +401,7 @@ def _start(layout: RootLayout, idle_minutes: float) -> tuple[ServerState, str]:
         layout.server_state.unlink(missing_ok=True)
         log.info("starting the root's Prefect server (log %s)", layout.server_log)
         state = _wait_ready(layout, _launch(layout, idle_minutes))
+        _first_call(state)
     log.info("Prefect server on %s (UI %s), pid %d; `annostyle server stop --root %s` stops it",
              state.api_url, state.ui_url, state.pid, layout.root)
     return state, "started"
@@ -467,7 +477,10 @@ def _watch_idle(server: Any, layout: RootLayout, idle_seconds: float) -> None:
 def serve_forever(root: Path, idle_minutes: float) -> None:
     """Run Prefect's API and UI on a free loopback port until SIGTERM (or idleness)."""
     layout = RootLayout(root)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # IPPROTO_TCP named, as uvicorn's own bind gets it from getaddrinfo: asyncio sets TCP_NODELAY
+    # only on connections of such a socket; without it every response on a kept-alive connection
+    # waited for the client's delayed ACK (48 ms a call against 4 ms)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
