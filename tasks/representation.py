@@ -44,7 +44,7 @@ from tasks.model import load_model
 from tasks.probe import probe_target
 from tasks.simclr import load_pretrained, pretrain_simclr, simclr_key
 from tasks.train import FrameSplit, initial_encoder, pick_device, set_determinism, split_frames
-from tasks.workers import process_pool, results_in_order, usable_cores
+from tasks.workers import process_pool, results_in_order, thread_limits, usable_cores
 
 log = logging.getLogger(__name__)
 
@@ -316,7 +316,8 @@ def probe_all(calls: list[tuple[Any, ...]], workers: int | None) -> list[tuple[T
     processes (default: one per usable core) when there are several probes and cores."""
     n = min(len(calls), workers or usable_cores())
     if n < 2:
-        return [timed_probe(*call) for call in calls]
+        with thread_limits(1):
+            return [timed_probe(*call) for call in calls]
     log.info("fitting %d probes in %d processes", len(calls), n)
     with process_pool(n) as pool:
         return results_in_order(pool, timed_probe, calls)

@@ -871,7 +871,7 @@ def train_seeds_in_processes(config: PipelineConfig, layout: RootLayout, seeds: 
     order. Each seed trains as it would alone: its own seeding, its own run folder and
     checkpoint, so a retry after a crash resumes every seed."""
     log.info("training seeds %s in %d processes", seeds, workers)
-    with process_pool(workers) as pool:
+    with process_pool(workers, threads=config.train.threads or 1) as pool:
         runs = results_in_order(pool, _train_one_seed, [(config, layout, s, targets) for s in seeds])
     for r in runs:
         log.info("seed %d: %d epochs, kept epoch %d, test accuracy %s (%.1f s)", r.seed, r.epochs, r.best_epoch,
