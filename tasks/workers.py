@@ -54,6 +54,8 @@ def results_in_order(pool: ProcessPoolExecutor, fn: Callable[..., T], calls: Seq
         raise
 
 
+THREAD_ENVS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "VECLIB_MAXIMUM_THREADS",
+               "NUMEXPR_NUM_THREADS")
 _LIMITS: list[object] = []  # the worker's thread limits, kept for its lifetime
 
 
@@ -65,4 +67,6 @@ def _start(level: int, parent: int, threads: int) -> None:
     logging.basicConfig(level=logging.WARNING, handlers=[logging.StreamHandler()], force=True)
     for ours in OURS:
         logging.getLogger(ours).setLevel(level)
-    _LIMITS.append(thread_limits(threads))
+    for name in THREAD_ENVS:  # read by the pools that load after this (scikit-learn's OpenMP, torch's)
+        os.environ[name] = str(threads)
+    _LIMITS.append(thread_limits(threads))  # and the pools already loaded
