@@ -19,6 +19,7 @@ from pathlib import Path
 
 from flows.settings import DEFAULT_ROOT, apply_defaults, setup_logging
 
+DESCRIPTION = "The `annostyle` command line: one subcommand per flow."
 COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("flows.run", "the whole pipeline: ingest, train, predict, analyze (cached stages skip); several "
                          "configs run in one process and one Prefect flow, one MLflow parent run each"),
@@ -40,7 +41,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "verify": ("flows.verify", "check every chunk and metadata file of the dataset and prediction stores; "
                                "list what is damaged (exit 2 when anything is)"),
     "server": ("flows.server", "start, stop or show the root's shared Prefect server (API and UI on 127.0.0.1), "
-                               "which every command uses instead of booting a temporary one"),
+                               "which every command uses instead of booting a temporary one, and its command host, "
+                               "in which flow commands run with their libraries already imported"),
 }
 NO_CONFIG = {"runs", "ui", "server"}  # these read the root's tracking store or manage its server, not a config
 FLOW_COMMANDS = {"run", "ingest", "reprocess", "train", "predict", "analyze", "probe"}  # run Prefect flows
@@ -85,7 +87,7 @@ EXTRA_ARGS: dict[str, list[tuple[tuple[str, ...], dict]]] = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="annostyle", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="annostyle", description=DESCRIPTION)
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (module, help_text) in COMMANDS.items():
         cmd = sub.add_parser(name, help=help_text, description=help_text)

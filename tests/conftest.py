@@ -34,14 +34,33 @@ def prefect_harness():
 
 @pytest.fixture(scope="session", autouse=True)
 def stop_root_servers(tmp_path_factory):
-    """Commands run by the tests start their root's shared Prefect server (`flows.server`); stop
-    every one still running under the session's folders, so no server outlives the test run."""
+    """Commands run by the tests start their root's shared Prefect server and command host
+    (`flows.server`, `flows.host`); stop every one still running under the session's folders,
+    so none outlives the test run."""
     yield
     from flows.server import stop
     from storage.layout import RootLayout
 
-    for state in tmp_path_factory.getbasetemp().glob("**/prefect/server.json"):
-        stop(RootLayout(state.parent.parent))
+    base = tmp_path_factory.getbasetemp()
+    for root in {p.parent.parent for pattern in ("**/prefect/server.json", "**/prefect/host.json")
+                 for p in base.glob(pattern)}:
+        stop(RootLayout(root))
+
+
+@pytest.fixture(autouse=True)
+def stop_test_servers(request):
+    """A test's root servers and command hosts stop when the test ends: each host holds its
+    imports (hundreds of MB), so they must not pile up over a session."""
+    tmp = request.getfixturevalue("tmp_path") if "tmp_path" in request.fixturenames else None
+    yield
+    if tmp is None:
+        return
+    from flows.server import stop
+    from storage.layout import RootLayout
+
+    roots = {p.parent.parent for pattern in ("**/prefect/server.json", "**/prefect/host.json") for p in tmp.glob(pattern)}
+    for root in roots:
+        stop(RootLayout(root))
 
 
 @pytest.fixture

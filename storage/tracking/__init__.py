@@ -165,7 +165,16 @@ def log_store_input(uri: str, name: str, version: str, context: str) -> None:
         except mlflow.exceptions.MlflowException:
             source = StoreSource(uri)
     dataset = MetaDataset(source=source, name=name, digest=version)  # type: ignore[abstract]  # mlflow's stubs
-    mlflow.log_input(dataset, context=context)
+    for attempt in range(3):
+        try:
+            mlflow.log_input(dataset, context=context)
+            return
+        except mlflow.exceptions.MlflowException as err:
+            # MLflow looks the dataset up, then inserts it: two runs that record the same store
+            # at the same moment (first runs on a fresh root, forked at once by the command
+            # host) race on the insert; the loser finds the winner's row when it tries again
+            if "UNIQUE constraint failed: datasets" not in str(err) or attempt == 2:
+                raise
 
 
 def log_metrics(metrics: Mapping[str, float | int | None], step: int | None = None) -> None:
