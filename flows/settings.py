@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 DEFAULT_ROOT = Path(".annostyle")
+QUIET_SERVICES = ("EventsWorker", "APILogWorker")  # Prefect's services' loggers, named after their classes
 
 
 def apply_defaults(root: Path) -> None:
@@ -45,3 +46,7 @@ def setup_logging() -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for ours in ("flows", "tasks", "storage"):
         logging.getLogger(ours).setLevel(logging.INFO)
+    # Prefect's event and log services say "Still processing items" when they drain at exit,
+    # which every command does; a failure there is still an error
+    for service in QUIET_SERVICES:
+        logging.getLogger(service).setLevel(logging.ERROR)

@@ -88,7 +88,8 @@ def test_commands_run_in_the_host_with_their_own_directory_and_output_and_match_
         assert last_json(here)["version"] == summary["version"]
 
         # another environment (a variable the imported libraries may read) runs in its own process
-        other = annostyle("ingest", config.name, "--root", str(root), "--json", cwd=tmp_path, OMP_NUM_THREADS="1")
+        threads = "3" if user_env().get("OMP_NUM_THREADS") != "3" else "4"  # not what the host was started with
+        other = annostyle("ingest", config.name, "--root", str(root), "--json", cwd=tmp_path, OMP_NUM_THREADS=threads)
         assert HOSTED not in other.stderr and "another environment" in other.stderr
         assert last_json(other)["batch_status"] == "unchanged"
 
@@ -169,3 +170,14 @@ def test_a_host_of_other_code_is_replaced_and_hosting_off_starts_none(tmp_path: 
     finally:
         annostyle("server", "stop", "--root", str(root))
     assert processes_of(root) == set()
+
+
+def test_the_host_preloads_without_starting_a_thread() -> None:
+    """A fork copies only the calling thread: the host's imports must start none (a library that
+    did would leave its children with a half-copied thread's locks)."""
+    code = ("import threading, flows.host as h; failed = h.preload(); "
+            "print(len(failed), threading.active_count(), [t.name for t in threading.enumerate()])")
+    done = subprocess.run([sys.executable, "-c", code], cwd=PROJECT, env=user_env(), capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split()[:2] == ["0", "1"], done.stdout
