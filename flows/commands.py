@@ -13,11 +13,10 @@ import argparse
 import contextlib
 import importlib
 import json
-import os
 import sys
 from pathlib import Path
 
-from flows.settings import DEFAULT_ROOT, apply_defaults, setup_logging
+from flows.settings import DEFAULT_ROOT, apply_defaults, heartbeat_setting, setup_logging
 
 DESCRIPTION = "The `annostyle` command line: one subcommand per flow."
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -47,8 +46,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 NO_CONFIG = {"runs", "ui", "server"}  # these read the root's tracking store or manage its server, not a config
 FLOW_COMMANDS = {"run", "ingest", "reprocess", "train", "predict", "analyze", "probe"}  # run Prefect flows
 NEEDS_SERVER = {"serve", "deploy", "watch"}  # use the root's server when it answers; never start one
-HOSTED = FLOW_COMMANDS | {"verify", "runs"}
-HEARTBEAT_ENVS = ("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", "PREFECT_RUNNER_HEARTBEAT_FREQUENCY")  # run in the root's command host when it is up (flows.host)
+HOSTED = FLOW_COMMANDS | {"verify", "runs"}  # run in the root's command host when it is up (flows.host)
 
 SCHEDULER = (("--scheduler",), {"metavar": "ADDRESS", "default": None,
                                 "help": "Dask scheduler address (default: the config's, else local threads)"})
@@ -118,7 +116,7 @@ def _prefect_api(args: argparse.Namespace) -> contextlib.AbstractContextManager[
     from flows.server import connected
     from storage.layout import RootLayout
 
-    heartbeats = args.command not in FLOW_COMMANDS or any(os.environ.get(k) for k in HEARTBEAT_ENVS)
+    heartbeats = args.command not in FLOW_COMMANDS or heartbeat_setting() is not None
     return connected(RootLayout(args.root), start=args.command in FLOW_COMMANDS, heartbeats=heartbeats)
 
 

@@ -46,6 +46,7 @@ from uuid import UUID
 
 from configs.schema import load_config
 from errors import InputError
+from flows.settings import HEARTBEAT_ENV, heartbeat_setting
 from flows.watch import Watcher
 from storage.layout import RootLayout
 from storage.results.serve import DeployResult, ServeResult, WatchResult
@@ -54,7 +55,6 @@ from tasks.ledger import ledger_lock
 log = logging.getLogger(__name__)
 
 DEFAULT_INTERVAL = 10.0
-HEARTBEAT_ENV = "PREFECT_FLOWS_HEARTBEAT_FREQUENCY"
 DEFAULT_HEARTBEAT = 30  # seconds between a flow run's heartbeats (Prefect's default: 180, minimum: 30)
 NEEDS_SERVER = ("schedules never fire on Prefect's ephemeral API, so `annostyle serve` needs a running "
                 "Prefect server: start the root's with `annostyle server start --root ROOT` (then it is "
@@ -135,7 +135,7 @@ def run_env(root: Path) -> dict[str, str]:
 def heartbeat_seconds() -> int:
     """Flow runs' heartbeat period, also set in the environment their processes inherit: a run
     that misses 2.5 periods is taken for lost by the watcher (see flows.watch)."""
-    value = os.environ.get(HEARTBEAT_ENV) or os.environ.get("PREFECT_RUNNER_HEARTBEAT_FREQUENCY")
+    value = heartbeat_setting()
     seconds = int(value) if value else DEFAULT_HEARTBEAT
     os.environ[HEARTBEAT_ENV] = str(seconds)
     return seconds

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 DEFAULT_ROOT = Path(".annostyle")
+HEARTBEAT_ENV = "PREFECT_FLOWS_HEARTBEAT_FREQUENCY"  # Prefect's; PREFECT_RUNNER_... is its older name
 QUIET_SERVICES = ("EventsWorker", "APILogWorker")  # Prefect's services' loggers, named after their classes
 
 
@@ -38,6 +39,11 @@ def apply_defaults(root: Path) -> None:
     for key, value in defaults.items():
         os.environ.setdefault(key, value)
     layout.root.mkdir(parents=True, exist_ok=True)
+
+
+def heartbeat_setting() -> str | None:
+    """The flow runs' heartbeat period the environment asks for (Prefect's variable or its older name)."""
+    return os.environ.get(HEARTBEAT_ENV) or os.environ.get("PREFECT_RUNNER_HEARTBEAT_FREQUENCY") or None
 
 
 def setup_logging() -> None:

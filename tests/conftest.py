@@ -41,9 +41,7 @@ def stop_root_servers(tmp_path_factory):
     from flows.server import stop
     from storage.layout import RootLayout
 
-    base = tmp_path_factory.getbasetemp()
-    for root in {p.parent.parent for pattern in ("**/prefect/server.json", "**/prefect/host.json")
-                 for p in base.glob(pattern)}:
+    for root in roots_with_servers(tmp_path_factory.getbasetemp()):
         stop(RootLayout(root))
 
 
@@ -58,9 +56,14 @@ def stop_test_servers(request):
     from flows.server import stop
     from storage.layout import RootLayout
 
-    roots = {p.parent.parent for pattern in ("**/prefect/server.json", "**/prefect/host.json") for p in tmp.glob(pattern)}
-    for root in roots:
+    for root in roots_with_servers(tmp):
         stop(RootLayout(root))
+
+
+def roots_with_servers(folder: Path) -> set[Path]:
+    """The roots under `folder` whose server or command host left a record."""
+    return {p.parent.parent for pattern in ("**/prefect/server.json", "**/prefect/host.json")
+            for p in folder.glob(pattern)}
 
 
 @pytest.fixture
