@@ -48,6 +48,17 @@ FLOW_COMMANDS = {"run", "ingest", "reprocess", "train", "predict", "analyze", "p
 NEEDS_SERVER = {"serve", "deploy", "watch"}  # use the root's server when it answers; never start one
 HOSTED = FLOW_COMMANDS | {"verify", "runs"}  # run in the root's command host when it is up (flows.host)
 
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return value
+
+
 SCHEDULER = (("--scheduler",), {"metavar": "ADDRESS", "default": None,
                                 "help": "Dask scheduler address (default: the config's, else local threads)"})
 CRON = (("--cron",), {"metavar": "EXPR", "help": "run the pipeline on this cron schedule, e.g. '0 3 * * *'"})
@@ -61,6 +72,12 @@ EXTRA_ARGS: dict[str, list[tuple[tuple[str, ...], dict]]] = {
     "analyze": [SCHEDULER],
     "run": [(("--force",), {"action": "append", "metavar": "STAGE", "choices": ["ingest", "train", "predict", "analyze"],
                             "help": "rerun STAGE and every stage after it (repeatable)"}),
+            (("--jobs", "-j"), {"type": positive_int, "default": 1, "metavar": "N",
+                                "help": "with several configs, run N datasets side by side in this process "
+                                        "(default 1: one after another); they share the cores"}),
+            (("--probe",), {"action": "append", "metavar": "NAME",
+                            "help": "after dataset NAME's pipeline, probe its encoders in the same flow, as "
+                                    "`annostyle probe` does (repeatable)"}),
             SCHEDULER],
     "reprocess": [(("--batch",), {"required": True, "metavar": "PATH",
                                   "help": "the new batch: a file or folder in the config's source format, "
@@ -91,7 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
         cmd = sub.add_parser(name, help=help_text, description=help_text)
         if name == "run":
             cmd.add_argument("configs", nargs="+", metavar="CONFIG",
-                             help="pipeline configs (YAML), e.g. configs/demo.yaml; several run one after another")
+                             help="pipeline configs (YAML), e.g. configs/demo.yaml; several run in one flow "
+                                  "(see --jobs)")
         elif name not in NO_CONFIG:
             cmd.add_argument("config", help="pipeline config (YAML), e.g. configs/demo.yaml")
         cmd.add_argument("--root", type=Path, default=DEFAULT_ROOT,
@@ -123,9 +141,13 @@ def _prefect_api(args: argparse.Namespace) -> contextlib.AbstractContextManager[
 def check_configs(args: argparse.Namespace) -> None:
     """Validate the command's configs: a bad one fails here, before any server or flow run starts."""
     from configs.schema import load_config
+    from errors import InputError
 
-    for config in getattr(args, "configs", None) or ([args.config] if args.command not in NO_CONFIG else []):
-        load_config(config)
+    names = [load_config(config).name
+             for config in getattr(args, "configs", None) or ([args.config] if args.command not in NO_CONFIG else [])]
+    for name in getattr(args, "probe", None) or []:
+        if name not in names:
+            raise InputError("--probe", "dataset", name, f"no config given names this dataset (they name {names})")
 
 
 def run_command(args: argparse.Namespace) -> int:

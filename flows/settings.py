@@ -5,11 +5,16 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from contextvars import ContextVar
 from pathlib import Path
 
 DEFAULT_ROOT = Path(".annostyle")
 HEARTBEAT_ENV = "PREFECT_FLOWS_HEARTBEAT_FREQUENCY"  # Prefect's; PREFECT_RUNNER_... is its older name
 QUIET_SERVICES = ("EventsWorker", "APILogWorker")  # Prefect's services' loggers, named after their classes
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s%(dataset)s: %(message)s"  # `dataset`: see DatasetTag
+DATASET: ContextVar[str | None] = ContextVar("annostyle_dataset", default=None)
+"""The dataset whose work this context does, while several run side by side (`flows.run`):
+its log lines say `[name]`."""
 
 
 def apply_defaults(root: Path) -> None:
@@ -48,11 +53,22 @@ def heartbeat_setting() -> str | None:
 
 def setup_logging() -> None:
     """Warnings from libraries, progress (INFO) from our own packages, all on stderr."""
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format=LOG_FORMAT)
+    for handler in logging.root.handlers:
+        if not any(isinstance(f, DatasetTag) for f in handler.filters):
+            handler.addFilter(DatasetTag())
     for ours in ("flows", "tasks", "storage"):
         logging.getLogger(ours).setLevel(logging.INFO)
     # Prefect's event and log services say "Still processing items" when they drain at exit,
     # which every command does; a failure there is still an error
     for service in QUIET_SERVICES:
         logging.getLogger(service).setLevel(logging.ERROR)
+
+
+class DatasetTag(logging.Filter):
+    """Gives every record the `dataset` field of the log format: ` [name]` in a dataset's lane."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        name = DATASET.get()
+        record.dataset = f" [{name}]" if name else ""
+        return True

@@ -28,6 +28,7 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +36,15 @@ from storage.location import store_uri
 
 DATASETS = "datasets"
 PREDICTIONS = "predictions"
+PREFECT_DATABASE = "prefect.db"
+PREFECT_MEMO = "memo_store.toml"  # Prefect's record of the block types it registered in the database
+
+
+def prefect_template(prefect_version: str) -> Path:
+    """An empty, migrated Prefect database (and its block registration memo) that a new root's
+    server starts from, made once per environment (`python -m flows.server --template`): it
+    lives in the environment, beside the Prefect version it was migrated by."""
+    return Path(sys.prefix) / "share" / "annostyle" / f"prefect-{prefect_version}"
 
 
 @dataclass(frozen=True)
@@ -110,6 +120,11 @@ class RootLayout:
     @property
     def prefect_home(self) -> Path:
         return self.root / "prefect"
+
+    @property
+    def prefect_database(self) -> Path:
+        """The root's Prefect server's SQLite database (Prefect's default place under PREFECT_HOME)."""
+        return self.prefect_home / PREFECT_DATABASE
 
     @property
     def server_state(self) -> Path:

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tasks.encoders import Dropout
 from tasks.heads import AnnotatorHead, labelled_pairs
 
 
@@ -54,7 +55,7 @@ class MultiAnnotatorHead(AnnotatorHead):
         self.in_frame = nn.Linear(dim, hidden)
         self.in_annotator = nn.Linear(e, hidden, bias=False)
         self.act = nn.GELU()
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
         self.out = nn.Linear(hidden, dim)
         self.classifier = nn.Linear(dim, n_classes)
 

@@ -68,7 +68,7 @@ from tasks.loader import (
     scan_features,
 )
 from tasks.model import BaselineNet, CrowdNet
-from tasks.workers import process_pool, results_in_order, usable_cores
+from tasks.workers import process_pool, results_in_order, torch_threads, usable_cores
 
 log = logging.getLogger(__name__)
 
@@ -107,8 +107,7 @@ def pick_device(config: TrainConfig) -> str:
 
 def set_determinism(config: TrainConfig, device: str) -> None:
     """Seeded, deterministic kernels; a fixed CPU thread count when asked (results depend on it)."""
-    if config.threads:
-        torch.set_num_threads(config.threads)
+    torch_threads(config.threads)
     if config.deterministic:
         if device == "cuda":
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -884,7 +883,7 @@ def _train_one_seed(config: PipelineConfig, layout: RootLayout, seed: int,
     """One seed in a worker: the parent's set-up rebuilt from the store (the targets passed in)."""
     for handler in logging.getLogger().handlers:  # parallel seeds' lines interleave: each says its seed
         handler.setFormatter(logging.Formatter(
-            f"%(asctime)s %(levelname)s %(name)s [seed {seed}]: %(message)s"))
+            f"%(asctime)s %(levelname)s %(name)s [{config.name} seed {seed}]: %(message)s"))
     setup = set_up(config, DatasetStore.open(layout.dataset_uri(config.name)), targets)
     return train_seed(config, layout, seed_config(config.train, seed), setup)
 

@@ -9,7 +9,8 @@ import logging
 import multiprocessing
 import os
 import signal
-from collections.abc import Callable, Sequence
+import sys
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any, TypeVar
 
@@ -40,6 +41,47 @@ def thread_limits(threads: int = 1) -> contextlib.AbstractContextManager[object]
     from threadpoolctl import threadpool_limits
 
     return threadpool_limits(limits=threads)
+
+
+_SHARED: list[int] = []  # the thread count `shared_threads` holds the process's pools at, while it lasts
+
+
+@contextlib.contextmanager
+def shared_threads(threads: int) -> Iterator[None]:
+    """Every thread pool of this process (BLAS, OpenMP, torch's) on `threads` threads for the
+    block, whatever a config's `train.threads` asks (`torch_threads`): datasets that run side
+    by side in threads of one process share its pools, and one must not resize them under
+    another. The environment says it too, for the pools that load during the block."""
+    saved = {name: os.environ.get(name) for name in THREAD_ENVS}
+    torch = sys.modules.get("torch")  # a label-only run never imports torch; `torch_threads` does
+    before = torch.get_num_threads() if torch is not None else None
+    for name in THREAD_ENVS:
+        os.environ[name] = str(threads)
+    _SHARED.append(threads)
+    try:
+        with thread_limits(threads):
+            if torch is not None:
+                torch.set_num_threads(threads)
+            yield
+    finally:
+        _SHARED.pop()
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        if before is not None:
+            sys.modules["torch"].set_num_threads(before)
+
+
+def torch_threads(threads: int | None) -> None:
+    """Torch's CPU threads: `threads` (None: torch's default), or the count `shared_threads` holds."""
+    import torch
+
+    if _SHARED:
+        threads = _SHARED[-1]
+    if threads:
+        torch.set_num_threads(threads)
 
 
 def results_in_order(pool: ProcessPoolExecutor, fn: Callable[..., T], calls: Sequence[tuple[Any, ...]]) -> list[T]:

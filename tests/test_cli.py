@@ -168,16 +168,17 @@ def test_console_script_prints_json_last_and_exits_nonzero_on_error(prefect_harn
 
 @pytest.mark.slow
 def test_run_with_several_configs_is_one_process_with_a_parent_run_each(prefect_harness, root, capsys):
-    """`annostyle run A B`: both pipelines in this one call, each with its own MLflow parent run
-    and nested stage runs; the summary lists each dataset."""
+    """`annostyle run A B --jobs 2`: both pipelines in this one call, side by side, each with its
+    own MLflow parent run and nested stage runs; the summary lists each dataset in the order given."""
     from flows.run import cli_print
     from storage.results.multi import MultiPipelineResult
     from storage.tracking.runs import list_runs
 
     configs = [str(CONFIGS / "bluebirds.yaml"), str(CONFIGS / "wsd.yaml")]
     capsys.readouterr()
-    assert run_cli("run", *configs, "--root", str(root), "--json") == 0
+    assert run_cli("run", *configs, "--root", str(root), "--json", "--jobs", "2") == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["jobs"] == 2
     runs = summary["runs"]
     assert [r["result"]["dataset"] for r in runs] == ["bluebirds", "wsd"]
     assert [r["config"] for r in runs] == configs
@@ -192,7 +193,7 @@ def test_run_with_several_configs_is_one_process_with_a_parent_run_each(prefect_
 
     cli_print(MultiPipelineResult.model_validate(summary))
     text = capsys.readouterr().out
-    assert "2 datasets in one process and one flow" in text
+    assert "2 datasets in one process and one flow, 2 at a time" in text
     for r in runs:
         assert r["result"]["mlflow_run_id"] in text and f"pipeline {r['result']['dataset']}" in text
 

@@ -134,9 +134,12 @@ def interrupt(argv: list[str], layout: RootLayout, how: signal.Signals) -> tuple
 def test_a_killed_or_interrupted_command_takes_its_child_in_the_host_with_it(tmp_path: Path) -> None:
     root = tmp_path / "root"
     layout = RootLayout(root)
-    argv = command("run", str(CONFIGS / "demo.yaml"), "--root", str(root))
+    single = command("run", str(CONFIGS / "demo.yaml"), "--root", str(root))
+    # two datasets side by side: Ctrl-C ends the command at once, not when its lanes end
+    lanes = command("run", str(CONFIGS / "demo.yaml"), str(CONFIGS / "wsd.yaml"), "--jobs", "2",
+                    "--root", str(root), "--force", "train")
     try:
-        for how in (signal.SIGKILL, signal.SIGINT):
+        for argv, how in ((single, signal.SIGKILL), (single, signal.SIGINT), (lanes, signal.SIGINT)):
             proc, err, child = interrupt(argv, layout, how)
             assert wait_for(lambda child=child: not alive(child), timeout=10), "the command's child outlived it"
             shared = {json.loads(path.read_text())["pid"] for path in (layout.server_state, layout.host_state)}

@@ -147,3 +147,21 @@ def test_runs_lists_the_demo_run_with_its_stages(first_run, capsys):
     assert demo["dataset"] == "demo" and demo["version"] == first["version"]
     assert {s: v["status"] for s, v in demo["stages"].items() if s in first["stages"]} == \
         {s: v["status"] for s, v in first["stages"].items()}
+
+
+def test_run_probes_a_dataset_after_its_pipeline_beside_another(first_run, capsys):
+    """`run demo bluebirds --jobs 2 --probe demo`: the demo's stages are reused, then its probe
+    runs in its lane (its own MLflow run, its table in the summary) while bluebirds runs beside it."""
+    root, _ = first_run
+    summary = run_cli(capsys, "run", str(DEMO), str(CONFIGS / "bluebirds.yaml"), "--jobs", "2", "--probe", "demo",
+                      "--root", str(root), "--json")
+    demo, bluebirds = summary["runs"]
+    assert summary["jobs"] == 2 and bluebirds["probe"] is None
+    assert demo["result"]["stages"]["train"]["status"] == "reused"  # the probe uses that model
+    probe = demo["probe"]
+    assert probe["dataset"] == "demo" and "simclr" in probe["encoders"] and "supervised" in probe["encoders"]
+    gold = probe["results"]
+    assert gold["supervised"]["gold"]["accuracy"] > gold["raw"]["gold"]["accuracy"]
+    run = client(root).get_run(probe["mlflow_run_id"])
+    assert run.data.tags["annostyle.dataset"] == "demo"
+    assert (Path(probe["outputs"]) / "probe_table.csv").is_file()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from storage.results import ResultModel, StageResult
 from storage.results.pipeline import PipelineResult
+from storage.results.probe import ProbeResult
 
 
 class DatasetRun(ResultModel):
@@ -12,6 +13,8 @@ class DatasetRun(ResultModel):
     config: str
     seconds: float
     result: PipelineResult
+    probe: ProbeResult | None = None
+    """Its representation probe, when `--probe` named it (run after its pipeline)."""
 
 
 class MultiPipelineResult(StageResult):
@@ -21,3 +24,5 @@ class MultiPipelineResult(StageResult):
     runs: list[DatasetRun]
     seconds: float
     root: str
+    jobs: int = 1
+    """How many datasets ran side by side (`--jobs`)."""
