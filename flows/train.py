@@ -61,8 +61,9 @@ def train_flow(config_path: str, root: str) -> TrainResult:
 
 def record_training(layout: RootLayout, config: PipelineConfig, result: TrainResult,
                     config_path: Path | None = None) -> TrainResult:
-    """Record a training in MLflow (its figures and model made here, in tasks); the result with
-    its run ids (`mlflow_run_id`, and `model_run_id` when there is a model)."""
+    """Record a training in MLflow (the figures the train stage drew, the model and its example
+    gathered in tasks); the result with its run ids (`mlflow_run_id`, and `model_run_id` when
+    there is a model)."""
     from storage.tracking.train import record_train
 
     if result.model_dir is None:  # label-only: no figures and no network, so no torch to import
@@ -71,11 +72,8 @@ def record_training(layout: RootLayout, config: PipelineConfig, result: TrainRes
     from tasks.train_figures import train_artifacts
 
     artifacts = train_artifacts(result)
-    try:
-        run_id = record_train(layout, config, result, figures=artifacts.figures, tables=artifacts.tables,
-                              model=artifacts.model, config_path=config_path)
-    finally:
-        artifacts.close()
+    run_id = record_train(layout, config, result, figures=artifacts.figures, tables=artifacts.tables,
+                          model=artifacts.model, config_path=config_path)
     result.mlflow_run_id = run_id
     if result.model_dir:
         result.model_run_id = run_id

@@ -33,6 +33,7 @@ WEIGHTS = "weights.pt"
 SPEC = "model.json"
 CHECKPOINT = "checkpoint.pt"
 HISTORY = "history.json"
+FIGURES = "figures"
 SUMMARY = "summary.json"
 MODEL = "model"
 
@@ -141,6 +142,11 @@ class RunFolder:
     @property
     def summary_path(self) -> Path:
         return self.path / SUMMARY
+
+    @property
+    def figures_dir(self) -> Path:
+        """The training's figures (PNG), drawn by the train stage and logged with its MLflow run."""
+        return self.path / FIGURES
 
     def create(self) -> RunFolder:
         self.path.mkdir(parents=True, exist_ok=True)

@@ -809,6 +809,9 @@ def train_model(config: PipelineConfig, layout: RootLayout) -> TrainResult:
     if len(runs) > 1:
         result.key = result_key(store.version, cfg)
         RunFolder(layout.run_dir(config.name, result.key)).create().write_summary(result)
+    from tasks.train_figures import write_figures  # Matplotlib: only where a model was trained
+
+    write_figures(result)  # the stage's figures; its MLflow record logs the files
     return result
 
 

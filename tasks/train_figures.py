@@ -1,9 +1,10 @@
 """The figures, tables and model example a training run is recorded with (`storage.tracking.train`).
 
-`train_artifacts(result)` loads the trained model, reads a few windows of the store for the
-model's signature, and draws: the annotator embeddings (heatmap and table), CoNAL's confusion
-matrices, the learning curves and the per-annotator validation accuracies. The tracking store
-only logs what it gets.
+`write_figures(result)` draws, at the end of the train stage, into the run folder's `figures/`:
+the annotator embeddings, CoNAL's confusion matrices, the learning curves and the per-annotator
+validation accuracies. `train_artifacts(result)` gathers what the record logs: those files, the
+embedding table, and the trained model with a few windows of the store for its signature. The
+tracking store only logs what it gets.
 """
 
 from __future__ import annotations
@@ -23,44 +24,54 @@ from storage.dataset_store import DatasetStore  # noqa: E402
 from storage.model_store import History, LoggedModel, RunFolder  # noqa: E402
 from storage.results.train import EpochMetrics, TrainMetrics, TrainResult  # noqa: E402
 from tasks.conal import ConalHead  # noqa: E402
+from tasks.figures import save  # noqa: E402
 from tasks.loader import read_range  # noqa: E402
 from tasks.model import TrainedModel, load_model  # noqa: E402
 
 
 @dataclass
 class TrainArtifacts:
-    """What `storage.tracking.train.record_train` logs beside the result: figures and tables by
-    artifact path, and the model (None for a label-only dataset)."""
+    """What `storage.tracking.train.record_train` logs beside the result: figure files and tables
+    by artifact path, and the model (None for a label-only dataset)."""
 
-    figures: dict[str, Figure] = field(default_factory=dict)
+    figures: dict[str, Path] = field(default_factory=dict)
     tables: dict[str, dict[str, list[str | float | None]]] = field(default_factory=dict)
     model: LoggedModel | None = None
 
-    def close(self) -> None:
-        """Free the figures once logged."""
-        for figure in self.figures.values():
-            plt.close(figure)
 
-
-def train_artifacts(result: TrainResult) -> TrainArtifacts:
-    """The figures, tables and model example of a finished training (none without a model)."""
-    if result.model_dir is None:
-        return TrainArtifacts()
-    model = load_model(Path(result.model_dir))
+def write_figures(result: TrainResult, model: TrainedModel | None = None) -> dict[str, Path]:
+    """Draw a finished training's figures into its run folder; their files by artifact path."""
+    if result.model_dir is None or result.checkpoint_dir is None:
+        return {}
+    model = model or load_model(Path(result.model_dir))
+    folder = RunFolder(Path(result.checkpoint_dir))
     names = model.annotators
-    emb = model.annotator_embeddings
-    table: dict[str, list[str | float | None]] = {"annotator": list(names)}
-    for j in range(emb.shape[1]):
-        table[f"e{j}"] = [float(v) for v in emb[:, j]]
-    figures = {"figures/annotator_embeddings.png": embedding_figure(emb, names, model.head)}
+    drawn = {"annotator_embeddings.png": lambda: embedding_figure(model.annotator_embeddings, names, model.head)}
     head = model.net.head
     if isinstance(head, ConalHead):
         g, local = head.confusions()
-        figures["figures/conal_confusions.png"] = confusion_figure(
+        drawn["conal_confusions.png"] = lambda: confusion_figure(
             g.detach().cpu().numpy(), local.detach().cpu().numpy(), names, model.class_names)
-    history = RunFolder(Path(result.checkpoint_dir)).read_history() if result.checkpoint_dir else []
-    figures["figures/learning_curves.png"] = learning_curves_figure(history)
-    figures["figures/val_accuracy_per_annotator.png"] = annotator_accuracy_figure(result.metrics, names)
+    drawn["learning_curves.png"] = lambda: learning_curves_figure(folder.read_history())
+    drawn["val_accuracy_per_annotator.png"] = lambda: annotator_accuracy_figure(result.metrics, names)
+    return {f"figures/{name}": save(draw(), folder.figures_dir / name, crop=False) for name, draw in drawn.items()}
+
+
+def train_artifacts(result: TrainResult) -> TrainArtifacts:
+    """The figure files, tables and model example of a finished training (none without a
+    model); figures the train stage did not leave (a run folder of an earlier version) are drawn."""
+    if result.model_dir is None:
+        return TrainArtifacts()
+    model = load_model(Path(result.model_dir))
+    emb = model.annotator_embeddings
+    table: dict[str, list[str | float | None]] = {"annotator": list(model.annotators)}
+    for j in range(emb.shape[1]):
+        table[f"e{j}"] = [float(v) for v in emb[:, j]]
+    folder = RunFolder(Path(result.checkpoint_dir)) if result.checkpoint_dir else None
+    figures = ({f"figures/{p.name}": p for p in sorted(folder.figures_dir.glob("*.png"))}
+               if folder is not None and folder.figures_dir.is_dir() else {})
+    if not figures:
+        figures = write_figures(result, model)
     return TrainArtifacts(figures, {"tables/annotator_embeddings.json": table}, logged_model(model, result))
 
 

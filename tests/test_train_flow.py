@@ -77,6 +77,9 @@ def test_mlflow_run_holds_params_curves_model_and_figures(demo):
     artifacts = {f.path for f in client.list_artifacts(run.info.run_id, "figures")}
     assert {"figures/learning_curves.png", "figures/annotator_embeddings.png",
             "figures/val_accuracy_per_annotator.png"} <= artifacts
+    # drawn by the train stage into its run folder; the record logged those files
+    drawn = Path(summary.checkpoint_dir) / "figures"
+    assert {f"figures/{p.name}" for p in drawn.glob("*.png")} == artifacts
     table = json.loads(Path(client.download_artifacts(run.info.run_id, "tables/annotator_embeddings.json",
                                                       str(root))).read_text())
     assert table["columns"][0] == "annotator" and len(table["data"]) == 8

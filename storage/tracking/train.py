@@ -23,9 +23,7 @@ from storage.layout import RootLayout
 from storage.results.train import AggregatorMetrics, EpochMetrics, TrainMetrics, TrainResult
 from storage.tracking import log_metrics, log_store_input, stage_run
 
-if TYPE_CHECKING:  # torch and Matplotlib load only when a model is logged (a label-only run has none)
-    from matplotlib.figure import Figure
-
+if TYPE_CHECKING:  # torch loads only when a model is logged (a label-only run has none)
     from storage.model_store import LoggedModel
 
 SCALARS = ("train_loss", "val_loss", "val_accuracy", "val_accuracy_annotator_mean", "val_gold_accuracy",
@@ -53,12 +51,12 @@ def epoch_metrics(models: Mapping[str, EpochMetrics], main: str = "model") -> di
 
 
 def record_train(layout: RootLayout, config: PipelineConfig, result: TrainResult, *,
-                 figures: Mapping[str, Figure] | None = None, tables: Mapping[str, Table] | None = None,
+                 figures: Mapping[str, Path] | None = None, tables: Mapping[str, Table] | None = None,
                  model: LoggedModel | None = None, config_path: Path | None = None) -> str:
     """One MLflow run for one training (or aggregation-only) run; returns its run id, which is
     also written into the model's spec (predict and probe read it from there).
 
-    `figures` and `tables` are keyed by their artifact path; `model` is the network to log.
+    `figures` (PNG files) and `tables` are keyed by their artifact path; `model` is the network to log.
     """
     tags = {"annostyle.version": result.version, "annostyle.store": result.store,
             "annostyle.head": str(result.head), "annostyle.device": str(result.device)}
@@ -80,8 +78,8 @@ def record_train(layout: RootLayout, config: PipelineConfig, result: TrainResult
             _log_pytorch_model(model, f"head {result.head}, run folder {result.model_dir}")
         for path, table in (tables or {}).items():
             mlflow.log_table(dict(table), path)
-        for path, figure in (figures or {}).items():
-            mlflow.log_figure(figure, path)
+        for artifact, file in (figures or {}).items():
+            mlflow.log_artifact(str(file), str(Path(artifact).parent))
         mlflow.log_dict(result.to_json(), "summary.json")
         if result.model_dir:
             from storage.model_store import set_model_run_id
