@@ -6,7 +6,7 @@
     <root>/
       datasets/<name>.zarr          dataset store (or under `uri_prefix`)
       predictions/<name>.zarr       prediction store (or under `uri_prefix`)
-      models/<name>/<key>/          one training run: checkpoint, history, summary, model/
+      models/<name>/<key>/          one training run: checkpoint, history, summary, model/, figures/
       analysis/<name>/              analysis tables, figures/, summary.json
       probes/<name>/<key>/          probe tables and figures
       exports/<name>/npz/           the MABe notebook's npz layout

@@ -150,15 +150,16 @@ def test_runs_lists_the_demo_run_with_its_stages(first_run, capsys):
 
 
 def test_run_probes_a_dataset_after_its_pipeline_beside_another(first_run, capsys):
-    """`run demo bluebirds --jobs 2 --probe demo`: the demo's stages are reused, then its probe
-    runs in its lane (its own MLflow run, its table in the summary) while bluebirds runs beside it."""
+    """`run demo bluebirds --jobs 2 --probe demo`: the demo's pipeline (on the root the tests
+    before extended), then its probe in its lane with the model that pipeline holds (its own
+    MLflow run, its table in the summary), while bluebirds runs beside it."""
     root, _ = first_run
     summary = run_cli(capsys, "run", str(DEMO), str(CONFIGS / "bluebirds.yaml"), "--jobs", "2", "--probe", "demo",
                       "--root", str(root), "--json")
     demo, bluebirds = summary["runs"]
     assert summary["jobs"] == 2 and bluebirds["probe"] is None
-    assert demo["result"]["stages"]["train"]["status"] == "reused"  # the probe uses that model
     probe = demo["probe"]
+    assert probe["model_dirs"]["supervised"] == demo["result"]["model_dir"]  # the pipeline's model
     assert probe["dataset"] == "demo" and "simclr" in probe["encoders"] and "supervised" in probe["encoders"]
     gold = probe["results"]
     assert gold["supervised"]["gold"]["accuracy"] > gold["raw"]["gold"]["accuracy"]
