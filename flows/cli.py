@@ -10,13 +10,11 @@ object. Exit codes: 0 done, 2 bad input (config, data, arguments), 1 anything el
 from __future__ import annotations
 
 import atexit
-import contextlib
-import logging
 import os
 import sys
 
-from flows.commands import HOSTED, build_parser, run_command
-from flows.settings import apply_defaults, setup_logging
+from flows.commands import HOSTED, parse_argv, run_command
+from flows.settings import flush_output
 
 _EXIT: dict[str, int] = {}  # the exit code, once `main` has returned one
 
@@ -29,10 +27,7 @@ def _exit_without_teardown() -> None:
     code = _EXIT.get("code")
     if code is None:
         return
-    logging.shutdown()  # registered before this handler, so it would run after it
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):
-            stream.flush()
+    flush_output()  # logging's own exit handler was registered before this one, so it would run after it
     os._exit(code)
 
 
@@ -46,9 +41,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str] | None) -> int:
-    args = build_parser().parse_args(argv)
-    apply_defaults(args.root)
-    setup_logging()
+    args = parse_argv(argv)
     if argv is None and args.command in HOSTED:
         from flows.host import run_in_host
 

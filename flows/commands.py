@@ -170,9 +170,15 @@ def run_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_argv(argv: list[str]) -> int:
-    """The whole command for `argv` (without the program name) in this process."""
+def parse_argv(argv: list[str] | None) -> argparse.Namespace:
+    """The command's arguments (None: this process's), with the root's environment defaults and
+    the logging set up."""
     args = build_parser().parse_args(argv)
     apply_defaults(args.root)
     setup_logging()
-    return run_command(args)
+    return args
+
+
+def run_argv(argv: list[str]) -> int:
+    """The whole command for `argv` (without the program name) in this process."""
+    return run_command(parse_argv(argv))

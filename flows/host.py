@@ -49,7 +49,6 @@ from typing import IO, Any, NoReturn
 
 from flows.commands import FLOW_COMMANDS, check_configs, run_argv
 from flows.server import (
-    START_TIMEOUT_ENV,
     api_url_in_use,
     ensure,
     env_digest,
@@ -59,8 +58,10 @@ from flows.server import (
     read_host,
     read_state,
     shared_mode,
+    start_timeout,
 )
 from flows.server import is_ours as server_is_ours
+from flows.settings import flush_output
 from flows.version import PACKAGES, code_version
 from storage.files import atomic_write_json
 from storage.layout import RootLayout
@@ -96,9 +97,9 @@ def run_in_host(args: argparse.Namespace, argv: list[str]) -> int | None:
         digest = env_digest(os.environ)
         host = host_running(layout)
         if host is None or host.code_version != code_version():
-            check_configs(args)
             if args.command not in FLOW_COMMANDS:
                 return None  # `verify` and `runs` use a host that runs; they start none
+            check_configs(args)
             ensure(layout, idle_minutes_default(), host=True)
             host = host_running(layout)
     except InputError as err:
@@ -302,7 +303,7 @@ class _ServerWatch:
         self.layout = layout
         self.seen = False
         self.since = time.monotonic()
-        self.grace = float(os.environ.get(START_TIMEOUT_ENV) or 120)
+        self.grace = start_timeout()
 
     def alive(self) -> bool:
         state = read_state(self.layout)
@@ -431,11 +432,7 @@ def _end(conn: socket.socket, code: int) -> NoReturn:
         threading._shutdown()  # type: ignore[attr-defined]
     with contextlib.suppress(BaseException):
         atexit._run_exitfuncs()
-    with contextlib.suppress(BaseException):
-        logging.shutdown()
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(BaseException):
-            stream.flush()
+    flush_output()
     with contextlib.suppress(BaseException):
         _send(conn, {"exit": code})
     os._exit(code)
@@ -448,7 +445,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     serve(args.root)
-    logging.shutdown()
+    flush_output()
     os._exit(0)  # the teardown of every imported module took 2-3 s and would write nothing
 
 

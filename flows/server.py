@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
+import functools
 import hashlib
 import json
 import logging
@@ -51,13 +52,14 @@ import urllib.request
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 from pydantic import ValidationError
 
 from flows.version import code_version
-from storage.files import atomic_write_json
+from storage.files import atomic_write, atomic_write_json
 from storage.layout import PREFECT_DATABASE, PREFECT_MEMO, RootLayout, prefect_template
+from storage.results import ResultModel
 from storage.results.server import HostState, ServerResult, ServerState
 
 log = logging.getLogger("flows.server")  # also when run as `python -m flows.server`
@@ -65,6 +67,7 @@ log = logging.getLogger("flows.server")  # also when run as `python -m flows.ser
 MODE_ENV = "ANNOSTYLE_PREFECT_SERVER"  # "root" (default): the root's shared server; "ephemeral": Prefect's own
 IDLE_ENV = "ANNOSTYLE_SERVER_IDLE_MINUTES"
 DEFAULT_IDLE_MINUTES = 30.0
+R = TypeVar("R", bound=ResultModel)
 START_TIMEOUT_ENV = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"  # set by flows.settings (120)
 MARKER = "flows.server"  # in the server's command line: how a pid is known to be ours
 HOST_MARKER = "flows.host"  # the command host's
@@ -176,10 +179,7 @@ def hold_users(layout: RootLayout) -> None:
 
 
 def read_state(layout: RootLayout) -> ServerState | None:
-    try:
-        return ServerState.model_validate_json(layout.server_state.read_bytes())
-    except (OSError, ValidationError):
-        return None
+    return _read_record(layout.server_state, ServerState)
 
 
 def _alive(pid: int) -> bool:
@@ -240,8 +240,13 @@ def running(layout: RootLayout, tries: int = 3) -> ServerState | None:
 
 
 def read_host(layout: RootLayout) -> HostState | None:
+    return _read_record(layout.host_state, HostState)
+
+
+def _read_record(path: Path, model: type[R]) -> R | None:
+    """A record its process wrote (`server.json`, `host.json`); None if absent or unreadable."""
     try:
-        return HostState.model_validate_json(layout.host_state.read_bytes())
+        return model.model_validate_json(path.read_bytes())
     except (OSError, ValidationError):
         return None
 
@@ -298,6 +303,11 @@ def _detached(command: list[str], log_path: Path, env: Mapping[str, str], layout
     return int(done.stdout.strip())
 
 
+def start_timeout() -> float:
+    """Seconds the server or the host may take to be ready (flows.settings sets 120)."""
+    return float(os.environ.get(START_TIMEOUT_ENV) or 120)
+
+
 def _launch_host(layout: RootLayout) -> int:
     """Start the command host with this command's environment (its imports read it); its pid."""
     log.info("starting the root's command host (log %s)", layout.host_log)
@@ -307,7 +317,7 @@ def _launch_host(layout: RootLayout) -> int:
 
 def _wait_host(layout: RootLayout, pid: int) -> HostState | None:
     """The host's record once it is ready; None (with a warning) when it failed or is too slow."""
-    timeout = float(os.environ.get(START_TIMEOUT_ENV) or 120)
+    timeout = start_timeout()
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         state = read_host(layout)
@@ -343,7 +353,7 @@ def _log_tail(path: Path, chars: int = 3000) -> str:
 
 
 def _wait_ready(layout: RootLayout, pid: int) -> ServerState:
-    timeout = float(os.environ.get(START_TIMEOUT_ENV) or 120)
+    timeout = start_timeout()
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not _alive(pid):
@@ -497,27 +507,26 @@ def _sound(database: Path) -> bool:
         return False
 
 
-def seed_database(layout: RootLayout) -> bool:
-    """Start a new root's database from the template, if there is a sound one: Prefect's
-    migrations and block registration on an empty database took 6.7 of a fresh server's 10.4 s
-    to answer (3.7 s with a migrated one). Nothing happens for a root that has a database, or
-    when the environment names another database."""
-    template = _template()
+def seed_database(layout: RootLayout) -> Path | None:
+    """Start a new root's database from the template, if there is a sound one (the template's
+    folder, or None): Prefect's migrations and block registration on an empty database took 6.7
+    of a fresh server's 10.4 s to answer (3.7 s with a migrated one). Nothing happens for a root
+    that has a database, or when the environment names another database."""
     if any(os.environ.get(name) for name in DATABASE_ENVS) or layout.prefect_database.exists():
-        return False
+        return None
+    template = _template()
     if not (template / PREFECT_DATABASE).is_file():
-        return False
+        return None
     if not _sound(template / PREFECT_DATABASE):
         log.warning("the Prefect database template %s is damaged: migrating a new database instead "
                     "(`python -m flows.server --template` makes a new one)", template / PREFECT_DATABASE)
-        return False
+        return None
     layout.prefect_home.mkdir(parents=True, exist_ok=True)
     for name in (PREFECT_MEMO, PREFECT_DATABASE):  # the database last: its presence says the copy is whole
-        if (template / name).is_file():
-            partial = layout.prefect_home / f".{name}.partial"
-            shutil.copyfile(template / name, partial)
-            os.replace(partial, layout.prefect_home / name)
-    return True
+        source = template / name
+        if source.is_file():
+            atomic_write(layout.prefect_home / name, functools.partial(shutil.copyfile, source))
+    return template
 
 
 def make_template() -> Path:
@@ -531,7 +540,8 @@ def make_template() -> Path:
         layout = RootLayout(Path(scratch))
         ensure(layout, 0.0)
         stop(layout)
-        staging = Path(tempfile.mkdtemp(prefix=".partial-", dir=_parent(target)))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".partial-", dir=target.parent))
         staging.chmod(0o755)  # mkdtemp makes it private; the environment may be shared
         with contextlib.closing(sqlite3.connect(layout.prefect_database)) as source, \
                 contextlib.closing(sqlite3.connect(staging / PREFECT_DATABASE)) as copy:
@@ -546,16 +556,11 @@ def make_template() -> Path:
     return target
 
 
-def _parent(path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return path.parent
-
-
 def serve_forever(root: Path, idle_minutes: float) -> None:
     """Run Prefect's API and UI on a free loopback port until SIGTERM (or idleness)."""
     layout = RootLayout(root)
-    if seed_database(layout):
-        log.info("the database starts from the template %s", _template())
+    if (template := seed_database(layout)) is not None:
+        log.info("the database starts from the template %s", template)
     # IPPROTO_TCP named, as uvicorn's own bind gets it from getaddrinfo: asyncio sets TCP_NODELAY
     # only on connections of such a socket; without it every response on a kept-alive connection
     # waited for the client's delayed ACK (48 ms a call against 4 ms)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -63,6 +64,17 @@ def setup_logging() -> None:
     # which every command does; a failure there is still an error
     for service in QUIET_SERVICES:
         logging.getLogger(service).setLevel(logging.ERROR)
+
+
+def flush_output() -> None:
+    """Flush the log handlers and the standard streams, as the interpreter would at exit: for a
+    process that then ends with `os._exit` (the teardown of every imported module costs seconds
+    once Prefect, MLflow and torch are loaded, and writes nothing)."""
+    with contextlib.suppress(BaseException):
+        logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(BaseException):
+            stream.flush()
 
 
 class DatasetTag(logging.Filter):

@@ -55,8 +55,7 @@ def shared_threads(threads: int) -> Iterator[None]:
     saved = {name: os.environ.get(name) for name in THREAD_ENVS}
     torch = sys.modules.get("torch")  # a label-only run never imports torch; `torch_threads` does
     before = torch.get_num_threads() if torch is not None else None
-    for name in THREAD_ENVS:
-        os.environ[name] = str(threads)
+    _set_thread_envs(threads)
     _SHARED.append(threads)
     try:
         with thread_limits(threads):
@@ -70,8 +69,8 @@ def shared_threads(threads: int) -> Iterator[None]:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
-        if before is not None:
-            sys.modules["torch"].set_num_threads(before)
+        if torch is not None and before is not None:
+            torch.set_num_threads(before)
 
 
 def torch_threads(threads: int | None) -> None:
@@ -109,6 +108,10 @@ def _start(level: int, parent: int, threads: int) -> None:
     logging.basicConfig(level=logging.WARNING, handlers=[logging.StreamHandler()], force=True)
     for ours in OURS:
         logging.getLogger(ours).setLevel(level)
-    for name in THREAD_ENVS:  # read by the pools that load after this (scikit-learn's OpenMP, torch's)
-        os.environ[name] = str(threads)
+    _set_thread_envs(threads)  # read by the pools that load after this (scikit-learn's OpenMP, torch's)
     _LIMITS.append(thread_limits(threads))  # and the pools already loaded
+
+
+def _set_thread_envs(threads: int) -> None:
+    for name in THREAD_ENVS:
+        os.environ[name] = str(threads)
